@@ -1,0 +1,192 @@
+"""Cases: ids, opening, follow-ups, due dates and the append-only event history.
+
+Every change to a case is a ``CaseEvent`` carrying the hash of the previous event, so that
+``audit verify`` can detect an edited or deleted row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import date, datetime
+from typing import Any, Iterable
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import deadlines
+from .store import Case, CaseCounter, CaseEvent, CaseMessageId, utcnow
+
+logger = logging.getLogger(__name__)
+
+BOT_ACTOR = "inbox-bot"
+OPEN_STATES = ("new", "acknowledged", "awaiting_identity", "in_progress", "extended")
+
+
+def allocate_ref(session: Session, prefix: str, year: int) -> str:
+    """Next case id for the year, e.g. ``PRIV-2026-00042``; safe with several workers."""
+    counter = session.execute(
+        select(CaseCounter).where(CaseCounter.year == year).with_for_update()).scalar_one_or_none()
+    if counter is None:
+        _insert_counter(session, year)
+        counter = session.execute(
+            select(CaseCounter).where(CaseCounter.year == year).with_for_update()).scalar_one()
+    counter.last_seq += 1
+    session.flush()
+    return f"{prefix}-{year}-{counter.last_seq:05d}"
+
+
+def _insert_counter(session: Session, year: int) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        session.execute(insert(CaseCounter).values(year=year, last_seq=0)
+                        .on_conflict_do_nothing(index_elements=["year"]))
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        session.execute(sqlite_insert(CaseCounter).values(year=year, last_seq=0)
+                        .on_conflict_do_nothing(index_elements=["year"]))
+
+
+def _event_hash(prev_hash: str, ev: CaseEvent) -> str:
+    body = json.dumps({
+        "prev": prev_hash, "case_id": ev.case_id, "at": ev.at.isoformat(), "actor": ev.actor,
+        "kind": ev.kind, "reason": ev.reason, "old": ev.old, "new": ev.new,
+        "inbound_id": ev.inbound_id, "outbox_id": ev.outbox_id,
+    }, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def record_event(session: Session, case: Case, kind: str, *, actor: str = BOT_ACTOR,
+                 reason: str = "", old: dict[str, Any] | None = None,
+                 new: dict[str, Any] | None = None, inbound_id: int | None = None,
+                 outbox_id: int | None = None, at: datetime | None = None) -> CaseEvent:
+    """Append an event to the case's hash chain; the case row is locked while we do."""
+    session.flush()
+    session.refresh(case, with_for_update=True)
+    ev = CaseEvent(case_id=case.id, at=(at or utcnow()).replace(microsecond=0), actor=actor,
+                   kind=kind, reason=reason, old=_jsonable(old), new=_jsonable(new),
+                   inbound_id=inbound_id, outbox_id=outbox_id, prev_hash=case.audit_head or "")
+    ev.hash = _event_hash(ev.prev_hash, ev)
+    session.add(ev)
+    case.audit_head = ev.hash
+    case.event_count = (case.event_count or 0) + 1
+    session.flush()
+    return ev
+
+
+def verify_chain(session: Session) -> list[str]:
+    """Problems found in the event chain (empty when intact)."""
+    problems: list[str] = []
+    for case in session.execute(select(Case).order_by(Case.id)).scalars():
+        prev_hash, count = "", 0
+        for ev in session.execute(select(CaseEvent).where(CaseEvent.case_id == case.id)
+                                  .order_by(CaseEvent.id)).scalars():
+            count += 1
+            if ev.prev_hash != prev_hash:
+                problems.append(f"{case.ref} event {ev.id}: the event before it was deleted or changed")
+            if _event_hash(ev.prev_hash, ev) != ev.hash:
+                problems.append(f"{case.ref} event {ev.id} ({ev.kind}): content was edited")
+            prev_hash = ev.hash
+        if prev_hash != (case.audit_head or "") or count != (case.event_count or 0):
+            problems.append(f"{case.ref}: its last event was deleted or the chain head changed")
+    return problems
+
+
+def _jsonable(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return json.loads(json.dumps(value, default=_default, ensure_ascii=False))
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, (date, datetime)):
+        return o.isoformat()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def policy_from(mapping: dict[str, Any], timezone: str) -> deadlines.Policy:
+    data = dict(mapping)
+    data.setdefault("controller_timezone", timezone)
+    return deadlines.Policy.from_mapping(data)
+
+
+def compute_dates(received_at: datetime, labels: Iterable[str],
+                  policy: deadlines.Policy) -> deadlines.DueDates:
+    return deadlines.compute_due(received_at, list(labels), policy)
+
+
+def apply_dates(case: Case, dues: deadlines.DueDates) -> None:
+    case.receipt_date = dues.receipt_date
+    case.due_date = dues.due
+    case.internal_target = dues.internal_target
+    case.extended_due = dues.extended_due
+    case.due_rules = list(dues.rules)
+
+
+def open_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.Policy,
+              requester: str, requester_name: str, subject: str, language: str,
+              labels: list[str], scores: dict[str, float], needs_review: bool,
+              close_call: bool, received_at: datetime, thread_message_id: str | None,
+              inbound_id: int, linked_case_id: int | None = None) -> Case:
+    dues = compute_dates(received_at, labels, policy)
+    ref = allocate_ref(session, prefix, received_at.astimezone(tz).year)
+    case = Case(ref=ref, requester=requester, requester_name=requester_name[:200],
+                subject=subject[:500], language=language, labels=list(labels),
+                scores={k: round(float(v), 4) for k, v in scores.items()},
+                needs_review=needs_review, close_call=close_call, received_at=received_at,
+                thread_message_id=thread_message_id, status="new", linked_case_id=linked_case_id)
+    apply_dates(case, dues)
+    session.add(case)
+    session.flush()
+    if thread_message_id:
+        remember_message_id(session, case, thread_message_id, "in")
+    record_event(session, case, "opened", reason="new inquiry", inbound_id=inbound_id,
+                 new={"labels": labels, "due_date": case.due_date, "status": "new",
+                      "needs_review": needs_review, "linked_case": linked_case_id})
+    logger.info("case %s opened: labels=%s due=%s", ref, ",".join(labels), case.due_date)
+    return case
+
+
+def remember_message_id(session: Session, case: Case, message_id: str, direction: str) -> None:
+    if session.get(CaseMessageId, message_id) is None:
+        session.add(CaseMessageId(message_id=message_id, case_id=case.id, direction=direction))
+        session.flush()
+
+
+def set_status(session: Session, case: Case, new_status: str, *, actor: str = BOT_ACTOR,
+               reason: str = "", inbound_id: int | None = None,
+               outbox_id: int | None = None) -> None:
+    old = case.status
+    if old == new_status:
+        return
+    case.status = new_status
+    case.updated_at = utcnow()
+    if new_status in ("closed", "rejected", "answered"):
+        case.closed_at = utcnow()
+    elif old in ("closed", "rejected", "answered"):
+        case.closed_at = None
+    record_event(session, case, "status", actor=actor, reason=reason, old={"status": old},
+                 new={"status": new_status}, inbound_id=inbound_id, outbox_id=outbox_id)
+
+
+def attach_follow_up(session: Session, case: Case, *, inbound_id: int, message_id: str | None,
+                     reopen: bool, how: str) -> None:
+    if message_id:
+        remember_message_id(session, case, message_id, "in")
+    case.updated_at = utcnow()
+    record_event(session, case, "follow_up", reason=f"matched by {how}", inbound_id=inbound_id)
+    if reopen and case.status not in OPEN_STATES:
+        set_status(session, case, "in_progress", reason="requester replied to a closed case",
+                   inbound_id=inbound_id)
+
+
+def find_case(session: Session, ref: str) -> Case | None:
+    return session.execute(select(Case).where(Case.ref == ref.strip().upper())).scalar_one_or_none()
+
+
+def touch(session: Session, case_id: int) -> None:
+    session.execute(update(Case).where(Case.id == case_id).values(updated_at=utcnow()))

@@ -1,0 +1,354 @@
+"""Command line: ``inbox-bot demo | run | classify | cases | messages | reprocess | train | ...``."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from dataclasses import replace
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import click
+from sqlalchemy import select
+
+from . import config as config_mod
+from .config import Config, ConfigError
+
+logger = logging.getLogger("inbox_bot")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _load_config(ctx: click.Context) -> Config:
+    obj = ctx.find_root().obj
+    if obj.get("cfg") is None:
+        try:
+            obj["cfg"] = config_mod.load(obj.get("config_path"))
+        except ConfigError as e:
+            raise click.ClickException(f"configuration error: {e}") from None
+    return obj["cfg"]
+
+
+def _clock(now: str | None) -> Callable[[], datetime]:
+    if not now:
+        return lambda: datetime.now(timezone.utc)
+    fixed = datetime.fromisoformat(now.replace("Z", "+00:00"))
+    if fixed.tzinfo is None:
+        raise click.BadParameter("--now needs a time zone, e.g. 2026-11-25T09:00:00+09:00")
+    return lambda: fixed
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, default=str, indent=None))
+    else:
+        text()
+
+
+@click.group()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="INBOX_BOT_CONFIG",
+              help="TOML configuration file (default: $INBOX_BOT_CONFIG, else built-in defaults).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="inbox-bot")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, log_level: str) -> None:
+    """inbox-bot: privacy inquiries in, tracked deadline-aware cases out."""
+    _setup_logging(log_level)
+    ctx.obj = {"config_path": config_path, "cfg": None}
+
+
+# -- worker -----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--once", is_flag=True, help="Poll everything available, send what is due, exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the --once report as JSON.")
+@click.option("--now", hidden=True, help="Pretend the current time is this ISO 8601 instant.")
+@click.pass_context
+def run(ctx: click.Context, once: bool, as_json: bool, now: str | None) -> None:
+    """Run the worker (poll the mailbox, send the outbox) until SIGTERM/SIGINT."""
+    from .app import build_app
+    cfg = _load_config(ctx)
+    app = build_app(cfg, clock=_clock(now))
+    if once:
+        report = app.run_once()
+        _emit(report.__dict__, as_json, lambda: click.echo(
+            f"journaled {report.journaled}, processed {report.processed} {report.dispositions}, "
+            f"cases opened {len(report.cases_opened)}, held {len(report.held)}, "
+            f"mail sent {report.sent} (retry {report.send_retry}, failed {report.send_failed})"))
+        app.store.dispose()
+        return
+    from .jobs import run_forever
+    run_forever(app)
+
+
+@main.command()
+@click.option("--dir", "workdir", default="inbox-bot-demo", show_default=True,
+              type=click.Path(file_okay=False), help="Where the demo keeps its mailbox, outbox and database.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def demo(ctx: click.Context, workdir: str, as_json: bool) -> None:
+    """Run the main job on the bundled sample mailbox (no mail server needed)."""
+    from .app import build_app
+    from .store import Case, Outbox
+    base = Path(workdir).resolve()
+    cfg = config_mod.load(None) if ctx.obj.get("config_path") is None else _load_config(ctx)
+    cfg = replace(cfg,
+                  mailbox=replace(cfg.mailbox, type="maildir", path=str(base / "mailbox")),
+                  smtp=replace(cfg.smtp, transport="file", outbox_dir=str(base / "outbox")),
+                  database=replace(cfg.database, url=f"sqlite:///{base / 'inbox-bot.sqlite3'}"))
+    seeded = seed_sample_mailbox(base / "mailbox")
+    app = build_app(cfg)
+    report = app.run_once()
+    with app.store.session() as s:
+        rows = s.execute(select(Case).order_by(Case.id)).scalars().all()
+        cases = [_case_summary(c) for c in rows]
+        sent = {o.case_id: o for o in s.execute(select(Outbox).where(Outbox.status == "sent")).scalars()}
+    outbox_dir = base / "outbox"
+    data = {"seeded": seeded, "report": report.__dict__, "cases": cases, "outbox": str(outbox_dir)}
+
+    def text() -> None:
+        click.echo(f"Sample mailbox: {base / 'mailbox'} ({seeded} new sample message(s) delivered)")
+        click.echo(f"Processed {report.processed} message(s): {report.dispositions}")
+        click.echo(f"{'case':<16} {'lang':<4} {'due':<10} {'labels':<32} requester")
+        for c in cases:
+            click.echo(f"{c['id']:<16} {c['language']:<4} {c['due_date']:<10} "
+                       f"{','.join(c['labels']):<32} {c['requester']}")
+        click.echo(f"Acknowledgements written to {outbox_dir} ({len(sent)} .eml file(s) this run: {report.sent})")
+        click.echo(f"Database: {base / 'inbox-bot.sqlite3'}  (try: inbox-bot --config ... cases list)")
+    _emit(data, as_json, text)
+    app.store.dispose()
+
+
+def seed_sample_mailbox(maildir: Path) -> int:
+    """Deliver the bundled sample messages into ``maildir`` (once per sample)."""
+    import mailbox as mb
+    samples = samples_dir()
+    maildir.parent.mkdir(parents=True, exist_ok=True)
+    box = mb.Maildir(str(maildir), create=True)
+    marker = maildir / ".seeded"
+    done = set(marker.read_text().split()) if marker.exists() else set()
+    count = 0
+    for eml in sorted(samples.glob("*.eml")):
+        if eml.name in done:
+            continue
+        box.add(mb.MaildirMessage(eml.read_bytes()))
+        done.add(eml.name)
+        count += 1
+    marker.write_text("\n".join(sorted(done)))
+    return count
+
+
+def samples_dir() -> Path:
+    packaged = resources.files("inbox_bot") / "samples"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[1] / "samples"
+
+
+# -- classifier -------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def classify(ctx: click.Context, files: tuple[str, ...], as_json: bool) -> None:
+    """Classify .eml files with the shipped model."""
+    from .classify import Classifier
+    from .parse import parse
+    cfg = config_mod.load(None) if ctx.obj.get("config_path") is None else _load_config(ctx)
+    clf = Classifier.load(Path(cfg.classifier.model_path) if cfg.classifier.model_path else None)
+    for f in files:
+        msg = parse(Path(f).read_bytes())
+        verdict = clf.classify(msg.subject, msg.new_text)
+        row = {"file": f, "labels": list(verdict.labels), "scores": verdict.scores,
+               "language": msg.language, "needs_review": verdict.needs_review,
+               "close_call": verdict.close_call}
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            flags = " needs-review" if verdict.needs_review else ""
+            click.echo(f"{f}: {','.join(verdict.labels)} [{msg.language}]{flags}")
+
+
+@main.command()
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Where to write the model (default: the shipped model directory).")
+@click.option("--include-corrections", is_flag=True, help="Add staff label corrections to training.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def train(ctx: click.Context, output: str | None, include_corrections: bool, seed: int) -> None:
+    """Rebuild the classifier from the labelled corpus in models/data."""
+    from . import training
+    extra: Iterable[Any] = ()
+    if include_corrections:
+        extra = _corrections(ctx)
+    metrics = training.train(Path(output) if output else None, include_corrections=extra, seed=seed)
+    click.echo(json.dumps(metrics, ensure_ascii=False, indent=2, default=str))
+
+
+def _corrections(ctx: click.Context) -> list[Any]:
+    from . import training
+    loader = getattr(training, "corrections_from_store", None)
+    if loader is None:
+        return []
+    from .app import open_store
+    return list(loader(open_store(_load_config(ctx))))
+
+
+# -- cases and messages -----------------------------------------------------------------------
+
+@main.group()
+def cases() -> None:
+    """Look at cases."""
+
+
+def _case_summary(c: Any) -> dict[str, Any]:
+    return {"id": c.ref, "status": c.status, "labels": list(c.labels), "language": c.language,
+            "requester": c.requester, "received_at": c.received_at.isoformat(),
+            "receipt_date": c.receipt_date.isoformat(), "due_date": c.due_date.isoformat(),
+            "needs_review": c.needs_review}
+
+
+@cases.command("list")
+@click.option("--status", default=None, help="Only cases in this state.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cases_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
+    from .app import open_store
+    from .store import Case
+    store = open_store(_load_config(ctx))
+    with store.session() as s:
+        q = select(Case).order_by(Case.due_date, Case.id)
+        if status:
+            q = q.where(Case.status == status)
+        rows = [_case_summary(c) for c in s.execute(q).scalars()]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+        return
+    click.echo(f"{'case':<16} {'status':<13} {'due':<10} {'lang':<4} {'labels':<30} requester")
+    for r in rows:
+        flag = " (review)" if r["needs_review"] else ""
+        click.echo(f"{r['id']:<16} {r['status']:<13} {r['due_date']:<10} {r['language']:<4} "
+                   f"{','.join(r['labels']):<30} {r['requester']}{flag}")
+
+
+@cases.command("show")
+@click.argument("case_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
+    from .app import open_store
+    from .cases import find_case
+    from .store import InboundMessage, Outbox
+    store = open_store(_load_config(ctx))
+    with store.session() as s:
+        case = find_case(s, case_id)
+        if case is None:
+            raise click.ClickException(f"no case {case_id}")
+        data = _case_summary(case) | {
+            "subject": case.subject, "scores": case.scores, "close_call": case.close_call,
+            "internal_target": case.internal_target and case.internal_target.isoformat(),
+            "extended_due": case.extended_due and case.extended_due.isoformat(),
+            "due_rules": case.due_rules, "owner": case.owner,
+            "events": [{"at": e.at.isoformat(), "actor": e.actor, "kind": e.kind, "reason": e.reason,
+                        "old": e.old, "new": e.new} for e in case.events],
+            "messages": [{"id": m.id, "received_at": m.received_at.isoformat(), "disposition": m.disposition,
+                          "subject": m.subject} for m in s.execute(
+                              select(InboundMessage).where(InboundMessage.case_id == case.id)
+                              .order_by(InboundMessage.id)).scalars()],
+            "outbox": [{"id": o.id, "kind": o.kind, "status": o.status, "message_id": o.message_id,
+                        "attempts": o.attempts, "last_error": o.last_error} for o in s.execute(
+                            select(Outbox).where(Outbox.case_id == case.id).order_by(Outbox.id)).scalars()],
+        }
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, default=str))
+        return
+    for key in ("id", "status", "labels", "scores", "language", "requester", "subject", "received_at",
+                "receipt_date", "due_date", "internal_target", "extended_due", "needs_review", "owner"):
+        click.echo(f"{key + ':':<17}{data[key]}")
+    click.echo("due date rules:")
+    for rule in data["due_rules"]:
+        click.echo(f"  - {rule}")
+    click.echo("events:")
+    for e in data["events"]:
+        click.echo(f"  {e['at']}  {e['actor']:<12} {e['kind']:<14} {e['reason']}")
+    click.echo("messages:")
+    for m in data["messages"]:
+        click.echo(f"  #{m['id']} {m['received_at']} {m['disposition']}: {m['subject']}")
+    click.echo("outgoing mail:")
+    for o in data["outbox"]:
+        err = f" ({o['last_error']})" if o["last_error"] else ""
+        click.echo(f"  {o['kind']:<10} {o['status']:<8} attempts={o['attempts']} <{o['message_id']}>{err}")
+
+
+@main.group()
+def messages() -> None:
+    """Look at inbound messages."""
+
+
+@messages.command("list")
+@click.option("--disposition", default=None,
+              type=click.Choice(["case_opened", "follow_up", "screened", "held", "pending"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def messages_list(ctx: click.Context, disposition: str | None, as_json: bool) -> None:
+    """Every inbound message with its disposition (and the rule or error that decided it)."""
+    from .app import open_store
+    from .store import Case, InboundMessage
+    store = open_store(_load_config(ctx))
+    with store.session() as s:
+        q = select(InboundMessage, Case.ref).outerjoin(Case, Case.id == InboundMessage.case_id) \
+            .order_by(InboundMessage.id)
+        if disposition == "pending":
+            q = q.where(InboundMessage.status == "received")
+        elif disposition:
+            q = q.where(InboundMessage.disposition == disposition)
+        rows = [{"id": m.id, "received_at": m.received_at.isoformat(), "mailbox": m.mailbox,
+                 "uid": m.uid, "message_id": m.message_id, "sender": m.sender,
+                 "disposition": m.disposition or "pending", "rule": m.rule, "error": m.error,
+                 "case": ref, "labels": m.labels, "language": m.language}
+                for m, ref in s.execute(q)]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+        return
+    for r in rows:
+        detail = r["rule"] or (r["error"] or "")[:80] or r["case"] or ""
+        click.echo(f"#{r['id']:<6} {r['received_at'][:19]} {r['disposition']:<12} {detail:<40} {r['sender'] or ''}")
+
+
+@main.command()
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all-held", is_flag=True, help="Retry every held message.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def reprocess(ctx: click.Context, ids: tuple[int, ...], all_held: bool, as_json: bool) -> None:
+    """Retry held messages (after a fix)."""
+    from .app import build_app
+    from .pipeline import reprocess as requeue
+    if not ids and not all_held:
+        raise click.UsageError("give message ids or --all-held")
+    app = build_app(_load_config(ctx))
+    queued = requeue(app.store, ids, all_held=all_held)
+    report = app.intake.process_pending(ids=queued)
+    counts = app.send()
+    data = {"requeued": queued, "dispositions": report.dispositions, "held": report.held,
+            "sent": counts["sent"]}
+    _emit(data, as_json, lambda: click.echo(
+        f"reprocessed {len(queued)} message(s): {report.dispositions}; still held: {report.held}"))
+
+
+def entry() -> None:  # pragma: no cover
+    main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
