@@ -1,0 +1,164 @@
+"""The intake pass on a local Maildir with a memory transport, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import mailbox
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from inbox_bot import config as config_mod
+from inbox_bot.app import build_app
+from inbox_bot.pipeline import reprocess
+from inbox_bot.store import Case, CaseEvent, InboundMessage, Outbox
+from inbox_bot.transports import MemoryTransport
+from tests import mailgen
+
+NOW = datetime(2026, 11, 25, 1, 0, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    labels: tuple[str, ...]
+    scores: dict[str, float]
+    needs_review: bool = False
+    close_call: bool = False
+
+
+class KeywordClassifier:
+    """A stand-in for the spaCy model: the pipeline, not the model, is under test here."""
+
+    def __init__(self) -> None:
+        self.fail_on: str | None = None
+
+    def classify(self, subject: str, text: str) -> Verdict:
+        if self.fail_on and self.fail_on in subject:
+            raise RuntimeError("model exploded")
+        blob = (subject + " " + text).lower()
+        labels = [l for l, words in (("deletion", ("delete", "削除")), ("gdpr_request", ("dsgvo", "gdpr")),
+                                     ("disclosure", ("copy", "開示", "auskunft")))
+                  if any(w in blob for w in words)]
+        labels = labels or ["other"]
+        return Verdict(tuple(labels), {l: 0.9 for l in labels})
+
+    def classify_many(self, items):
+        return [self.classify(s, t) for s, t in items]
+
+
+def make_app(tmp_path: Path, db_url: str, clf: KeywordClassifier | None = None):
+    cfg = config_mod.load(None, {})
+    cfg = replace(cfg, mailbox=replace(cfg.mailbox, path=str(tmp_path / "mailbox")),
+                  database=replace(cfg.database, url=db_url))
+    transport = MemoryTransport()
+    app = build_app(cfg, classifier=clf or KeywordClassifier(), transport=transport, clock=lambda: NOW)
+    return app, transport, mailbox.Maildir(str(tmp_path / "mailbox"), create=True)
+
+
+def deliver(box: mailbox.Maildir, raw: bytes) -> str:
+    return box.add(mailbox.MaildirMessage(raw))
+
+
+def count(app, model) -> int:
+    with app.store.session() as s:
+        return s.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_each_inquiry_opens_one_case_and_one_ack(tmp_path, db_url):
+    app, transport, box = make_app(tmp_path, db_url)
+    for inq in mailgen.twenty_inquiries():
+        deliver(box, inq.raw)
+    report = app.run_once()
+    assert len(report.cases_opened) == 20 and report.sent == 20
+    assert app.run_once().processed == 0
+    assert count(app, Case) == 20 and len(transport.sent) == 20
+    assert list(box.keys()) == []                   # moved to .Processed after journaling
+    assert len(box.get_folder("Processed")) == 20
+    app.store.dispose()
+
+
+def test_same_message_id_or_same_bytes_never_opens_a_second_case(tmp_path, db_url):
+    app, transport, box = make_app(tmp_path, db_url)
+    inq = mailgen.english(1)
+    deliver(box, inq.raw)
+    deliver(box, inq.raw)                                           # same bytes
+    deliver(box, inq.raw.replace(b"Hello", b"Hello again"))          # same Message-ID
+    report = app.run_once()
+    assert report.dispositions == {"case_opened": 1, "screened": 2}
+    with app.store.session() as s:
+        rules = sorted(r for r in s.execute(select(InboundMessage.rule)).scalars() if r)
+    assert rules == ["duplicate", "duplicate"]
+    assert len(transport.sent) == 1
+    app.store.dispose()
+
+
+def test_a_failing_message_is_held_and_the_run_goes_on_then_reprocess_retries_it(tmp_path, db_url):
+    clf = KeywordClassifier()
+    clf.fail_on = "Wrong name"
+    app, transport, box = make_app(tmp_path, db_url, clf)
+    for i in range(3):
+        deliver(box, mailgen.english(i).raw)             # english(2) has subject "Wrong name..."
+    report = app.run_once()
+    assert report.dispositions == {"case_opened": 2, "held": 1}
+    with app.store.session() as s:
+        held = s.execute(select(InboundMessage).where(InboundMessage.status == "held")).scalar_one()
+        assert "model exploded" in held.error
+        held_id = held.id
+    clf.fail_on = None
+    assert reprocess(app.store, [held_id], all_held=False) == [held_id]
+    report = app.intake.process_pending()
+    assert report.dispositions == {"case_opened": 1}
+    assert count(app, Case) == 3
+    app.store.dispose()
+
+
+def test_a_crash_inside_a_message_leaves_nothing_half_done(tmp_path, db_url, monkeypatch):
+    """A failure after the case row was written rolls the case back with the message."""
+    app, transport, box = make_app(tmp_path, db_url)
+    deliver(box, mailgen.english(5).raw)
+    import inbox_bot.pipeline as pipeline
+
+    def boom(*a, **k):
+        raise OSError("disk full while rendering")
+    monkeypatch.setattr(pipeline, "build_ack", boom)
+    report = app.run_once()
+    assert report.dispositions == {"held": 1}
+    assert count(app, Case) == 0 and count(app, Outbox) == 0 and count(app, CaseEvent) == 0
+    monkeypatch.undo()
+    reprocess(app.store, None, all_held=True)
+    assert app.intake.process_pending().dispositions == {"case_opened": 1}
+    app.store.dispose()
+
+
+def test_the_sender_budget_withholds_acks_but_still_opens_cases(tmp_path, db_url):
+    app, transport, box = make_app(tmp_path, db_url)
+    app.cfg = replace(app.cfg, bot=replace(app.cfg.bot, sender_budget=2))
+    app.intake.cfg = app.cfg
+    for i in range(4):
+        raw = mailgen._utf8("loop@example.net", "", f"Delete my data {i}", "Please delete my data.",
+                            f"budget{i}@example.net")
+        deliver(box, raw)
+    report = app.run_once()
+    assert len(report.cases_opened) == 4
+    assert len(transport.sent) == 2
+    with app.store.session() as s:
+        withheld = s.execute(select(CaseEvent).where(CaseEvent.kind == "ack_withheld")).scalars().all()
+        assert [e.reason for e in withheld] == ["sender-budget", "sender-budget"]
+    app.store.dispose()
+
+
+def test_ack_header_values_come_only_from_sanitised_input(tmp_path, db_url):
+    app, transport, box = make_app(tmp_path, db_url)
+    raw = (b"From: =?utf-8?q?Eve=0D=0ABcc=3A_victim=40example=2Ecom?= <eve@example.net>\r\n"
+           b"To: inquiries@ikaclo.example.jp\r\n"
+           b"Subject: =?utf-8?q?delete_me=0D=0ABcc=3A_victim=40example=2Ecom?=\r\n"
+           b"Message-ID: <evil@example.net>\r\n\r\nPlease delete my data.\r\n")
+    deliver(box, raw)
+    app.run_once()
+    assert len(transport.sent) == 1
+    sender, rcpts, ack = transport.sent[0]
+    assert rcpts == ["eve@example.net"]
+    head = ack.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nBcc:" not in head and b"\nBcc:" not in head
+    app.store.dispose()
