@@ -304,11 +304,13 @@ def build_ack(cfg: Config, case: Case, msg: InboundMessage) -> outbox.OutgoingMa
         references=list(msg.references), template=f"ack_new_case.{lang}")
 
 
-_PREFIX = {"ja": "受付", "de": "Eingangsbestätigung", "en": "Received"}
+_PREFIX = {"ja": "受付", "de": "Eingangsbestätigung", "en": "Received", "fr": "Accusé de réception",
+           "es": "Acuse de recibo", "it": "Conferma di ricezione", "nl": "Ontvangstbevestiging"}
+_REPLY_PREFIX = re.compile(r"^\s*((re|aw|antw|sv|vs|r|rif|res|回复|答复|返信)\s*(\[\d+\])?\s*[:：]\s*)+", re.I)
 
 
 def ack_subject(original: str, ref: str, lang: str) -> str:
-    original = outbox.clean_header(original, 150)
+    original = _REPLY_PREFIX.sub("", outbox.clean_header(original, 150))
     base = f"Re: {original}" if original else _PREFIX.get(lang, "Received")
     return f"{base} [{ref}]"
 
