@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
@@ -65,7 +65,8 @@ def record_event(session: Session, case: Case, kind: str, *, actor: str = BOT_AC
     """Append an event to the case's hash chain; the case row is locked while we do."""
     session.flush()
     session.refresh(case, with_for_update=True)
-    ev = CaseEvent(case_id=case.id, at=(at or utcnow()).replace(microsecond=0), actor=actor,
+    ev = CaseEvent(case_id=case.id, at=(at or utcnow()).astimezone(timezone.utc).replace(microsecond=0),
+                   actor=actor,
                    kind=kind, reason=reason, old=_jsonable(old), new=_jsonable(new),
                    inbound_id=inbound_id, outbox_id=outbox_id, prev_hash=case.audit_head or "")
     ev.hash = _event_hash(ev.prev_hash, ev)

@@ -198,6 +198,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("setting mailbox.path is required when mailbox.type = 'maildir'")
     if m.security not in SECURITY_MODES:
         raise ConfigError(f"setting mailbox.security must be one of {SECURITY_MODES}, got {m.security!r}")
+    for section, port in (("mailbox", m.port), ("smtp", s.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"setting {section}.port must be between 0 and 65535, got {port}")
     if m.batch_size < 1:
         raise ConfigError("setting mailbox.batch_size must be at least 1")
     if s.transport not in ("smtp", "file"):

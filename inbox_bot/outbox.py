@@ -11,6 +11,8 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, make_msgid
@@ -35,8 +37,25 @@ _MSGID_OK = re.compile(r"^[\x21-\x7e]{1,250}$")
 
 
 def clean_header(value: str, limit: int = 200) -> str:
-    """One safe line: control characters (CR/LF included) become spaces, length capped."""
-    return " ".join(_CONTROL.sub(" ", value or "").split())[:limit]
+    """One safe line: control characters (CR/LF included) become spaces, length capped.
+
+    Encoded words are decoded first (repeatedly: a decoded value can hold another encoded
+    word), because the email package would decode one left in place while writing the header
+    and so turn an encoded CR/LF into a real line break.
+    """
+    value = value or ""
+    for _ in range(3):
+        if "=?" not in value:
+            break
+        try:
+            decoded = str(make_header(decode_header(value)))
+        except (ValueError, LookupError, UnicodeError, HeaderParseError):
+            break
+        if decoded == value:
+            break
+        value = decoded
+    value = _CONTROL.sub(" ", value).replace("=?", "= ?")
+    return " ".join(value.split())[:limit]
 
 
 def clean_msgid(value: str | None) -> str | None:
@@ -167,7 +186,8 @@ def enqueue(session: Session, mail: OutgoingMail, *, case_id: int | None = None,
     row = Outbox(message_id=mail.message_id.strip("<>"), kind=mail.kind, dedupe_key=dedupe_key,
                  case_id=case_id, inbound_id=inbound_id, recipient=mail.recipient,
                  sender=mail.sender, subject=clean_header(mail.subject, 250), template=mail.template,
-                 raw=raw, status="queued", next_attempt_at=now or utcnow())
+                 raw=raw, status="queued", next_attempt_at=now or utcnow(),
+                 created_at=now or utcnow())
     session.add(row)
     session.flush()
     return row

@@ -16,17 +16,19 @@ from .parse import InboundMessage
 AUTOREPLY_HEADERS = ("x-autoreply", "x-autorespond", "x-autoresponse", "x-autoreply-from",
                      "x-mail-autoreply")
 BULK_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
+BOUNCE_SENDER = re.compile(r"^(mailer[-_.]?daemon|post[-_.]?master|mail[-_.]?daemon)$")
 MACHINE_LOCALPARTS = re.compile(
-    r"^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|mail[-_.]?daemon)([+.-].*)?$")
+    r"^(mailer-daemon|post[-_.]?master|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|mail[-_.]?daemon)([+.-].*)?$")
 # Out-of-office subjects in the languages our customers write (Discourse's list, extended).
 OOO_SUBJECT = re.compile(
     r"(automatic reply|auto(matic)?[- ]?reply|autoreply|auto[- ]response|out of (the )?office|"
     r"on vacation|away from (the )?office|abwesenheitsnotiz|automatische antwort|abwesend|"
     r"réponse automatique|absence du bureau|respuesta automática|fuera de la oficina|"
     r"risposta automatica|fuori sede|fuori ufficio|automatisch antwoord|afwezigheidsmelding|"
-    r"autosvar|automaattinen vastaus|自動応答|自動返信|自動送信|不在(通知|のお知らせ|連絡)?)",
+    r"autosvar|automaattinen vastaus|自動応答|自動返信|自動送信|不在(のお知らせ|連絡|にします)|^不在)",
     re.IGNORECASE)
-DSN_CONTENT = re.compile(r"multipart/report\s*;.*report-type\s*=\s*\"?delivery-status", re.I | re.S)
+# Any multipart/report: delivery status, abuse feedback (ARF) and read receipts alike.
+DSN_CONTENT = re.compile(r"multipart/report", re.I)
 BOUNCE_SUBJECT = re.compile(
     r"(undeliver(ed|able)|delivery status notification|returned mail|mail delivery (failed|"
     r"failure|system)|failure notice|delivery failure|nondeliverable|配信不能|配送不能|不達|"
@@ -108,16 +110,19 @@ def _bounce(msg: InboundMessage, ctx: ScreenContext) -> str | None:
     if DSN_CONTENT.search(_first(msg, "content-type")):
         return "delivery-status report"
     local = msg.sender.partition("@")[0].lower()
-    if local in ("mailer-daemon", "postmaster", "mail-daemon"):
-        return f"sender is {local}@"
-    if BOUNCE_SUBJECT.search(msg.subject) and local.startswith(("mailer", "postmaster", "mail")):
+    if BOUNCE_SENDER.match(local):
+        return f"sender is {local[:30]}@"
+    if not msg.sender and BOUNCE_SENDER.match(msg.sender_name.strip().lower()):
+        return "From: MAILER-DAEMON <> (no address)"
+    if BOUNCE_SUBJECT.search(msg.subject) and local.startswith(("mailer", "post", "mail")):
         return "bounce subject from a mail system"
     return None
 
 
 def _auto_submitted(msg: InboundMessage, ctx: ScreenContext) -> str | None:
+    # RFC 3834 allows a comment after the keyword: "no (manual)".
     value = _first(msg, "auto-submitted").lower()
-    if value and value != "no":
+    if value and value.split("(")[0].strip() != "no":
         return f"Auto-Submitted: {value[:40]}"
     return None
 
@@ -144,7 +149,8 @@ def _autoreply_headers(msg: InboundMessage, ctx: ScreenContext) -> str | None:
 
 
 def _mailing_list(msg: InboundMessage, ctx: ScreenContext) -> str | None:
-    for name in ("list-id", "list-unsubscribe", "list-post"):
+    for name in ("list-id", "list-unsubscribe", "list-post", "list-subscribe", "list-help",
+                 "list-owner", "list-archive", "mailing-list", "x-mlserver", "x-ml-name"):
         if _h(msg, name):
             return f"{name} present"
     return None
@@ -181,10 +187,11 @@ def _horizon(msg: InboundMessage, ctx: ScreenContext) -> str | None:
 
 
 RULES: tuple[Rule, ...] = (
+    # Bounces first: a DSN from a bare MAILER-DAEMON has no usable sender, yet must be matched.
+    Rule("bounce", "delivery failure report (DSN, null sender, mailer-daemon)", _bounce),
     Rule("no-sender", "no usable sender address to answer", _no_sender),
     Rule("own-address", "mail from our own (or reply-token) address", _own_address),
     Rule("loop", "X-Loop or Message-ID shows the mail came from us", _loop),
-    Rule("bounce", "delivery failure report (DSN, null sender, mailer-daemon)", _bounce),
     Rule("auto-submitted", "RFC 3834 Auto-Submitted other than 'no'", _auto_submitted),
     Rule("precedence", "Precedence bulk/junk/list/auto_reply", _precedence),
     Rule("auto-reply", "auto-responder headers", _autoreply_headers),
@@ -204,15 +211,20 @@ def screen(msg: InboundMessage, ctx: ScreenContext) -> ScreenResult:
     return ScreenResult(passed=True)
 
 
+def _report(msg: InboundMessage) -> str:
+    return msg.text + "\n" + getattr(msg, "report_text", "")
+
+
 def bounced_message_ids(msg: InboundMessage) -> set[str]:
     """Message-IDs a bounce refers to: In-Reply-To/References and any quoted in the report."""
     ids = set(msg.in_reply_to) | set(msg.references)
-    for m in re.finditer(r"^\s*Message-ID:\s*<([^<>\s]{1,500})>", msg.text, re.I | re.M):
+    for m in re.finditer(r"^\s*Message-ID:\s*<([^<>\s]{1,500})>", _report(msg), re.I | re.M):
         ids.add(m.group(1))
     return ids
 
 
 def is_hard_bounce(msg: InboundMessage) -> bool:
     """A permanent failure (5.x.x) rather than a delay or a temporary failure."""
-    return bool(re.search(r"^\s*Status:\s*5\.\d{1,3}\.\d{1,3}", msg.text, re.I | re.M)
-                or re.search(r"\b5\.1\.[01]\b|\b550\b", msg.text))
+    report = _report(msg)
+    return bool(re.search(r"^\s*Status:\s*5\.\d{1,3}\.\d{1,3}", report, re.I | re.M)
+                or re.search(r"\b5\.1\.[01]\b|\b550\b", report))
