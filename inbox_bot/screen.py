@@ -112,8 +112,11 @@ def _bounce(msg: InboundMessage, ctx: ScreenContext) -> str | None:
     local = msg.sender.partition("@")[0].lower()
     if BOUNCE_SENDER.match(local):
         return f"sender is {local[:30]}@"
-    if not msg.sender and BOUNCE_SENDER.match(msg.sender_name.strip().lower()):
-        return "From: MAILER-DAEMON <> (no address)"
+    if not msg.sender:
+        # "From: MAILER-DAEMON <>" leaves no address; the display name still tells.
+        display = (msg.sender_name or _first(msg, "from").partition("<")[0]).strip().strip('"').lower()
+        if BOUNCE_SENDER.match(display):
+            return "From: MAILER-DAEMON (no address)"
     if BOUNCE_SUBJECT.search(msg.subject) and local.startswith(("mailer", "post", "mail")):
         return "bounce subject from a mail system"
     return None

@@ -307,7 +307,6 @@ _REPORT_PARTS_UNREAD = (
     "is never found and the bounce is not matched to our outgoing mail")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_REPORT_PARTS_UNREAD)
 def test_bounced_message_ids_finds_the_original_message_id_in_rfc822_headers():
     original = "179557.1.PRIV-2026-00001@ikaclo.example.jp"
     msg = _dsn_with_rfc822_headers(original, "5.1.1")
@@ -332,19 +331,11 @@ def test_a_4xx_delivery_status_is_not_a_hard_bounce():
     assert not is_hard_bounce(_dsn_with_rfc822_headers("a@ikaclo.example.jp", "4.2.2"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "is_hard_bounce only reads msg.text; parse() keeps the message/delivery-status part "
-    "(Status: 5.1.1) as attachment metadata, so a DSN whose human text has no code is soft"))
 def test_a_status_5_in_the_delivery_status_part_is_a_hard_bounce():
     assert is_hard_bounce(_dsn_with_rfc822_headers("a@ikaclo.example.jp", "5.1.1"))
 
 
 @needs_corpus
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bounced_message_ids only reads msg.text, and parse() renders an attached message/rfc822 "
-    "as a 'Forwarded message' block with From/Date/Subject/To but without Message-ID, so the "
-    "original id of a Fastmail/Gmail/Postfix-style DSN is never found and the bounce is not "
-    "matched to our outgoing mail"))
 def test_bounced_message_ids_finds_the_original_in_an_attached_message_rfc822():
     msg = parse((REALWORLD / "postal-mime" / "fixtures" / "bounce.eml").read_bytes())
     assert rule_of(msg) == "bounce"
@@ -352,9 +343,6 @@ def test_bounced_message_ids_finds_the_original_in_an_attached_message_rfc822():
 
 
 @needs_corpus
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "is_hard_bounce only reads msg.text; the message/delivery-status part (Status: 5.1.10) "
-    "is kept as attachment metadata, so an Outlook DSN whose human text has no code is soft"))
 def test_an_outlook_dsn_with_status_5_only_in_the_report_is_a_hard_bounce():
     msg = parse((REALWORLD / "enmime" / "dsn" / "testdata" / "dsn_with_multipart_alternative.raw").read_bytes())
     assert rule_of(msg) == "bounce"
