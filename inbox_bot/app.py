@@ -76,8 +76,13 @@ class App:
                                max_attempts=self.cfg.smtp.max_attempts,
                                retry_base=self.cfg.smtp.retry_base_seconds)
 
+    def remind(self) -> dict[str, int]:
+        from .reminders import send_reminders
+        return send_reminders(self.store, self.cfg, self.intake.policy, self.clock())
+
     def run_once(self) -> Report:
         report = self.poll()
+        self.remind()
         counts = self.send()
         report.sent, report.send_retry, report.send_failed = counts["sent"], counts["retry"], counts["failed"]
         return report

@@ -126,6 +126,8 @@ def apply_dates(case: Case, dues: deadlines.DueDates) -> None:
     case.internal_target = dues.internal_target
     case.extended_due = dues.extended_due
     case.due_rules = list(dues.rules)
+    case.gdpr_due = dues.gdpr_due
+    case.first_due_date = dues.due
 
 
 def open_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.Policy,

@@ -289,6 +289,236 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
         click.echo(f"  {o['kind']:<10} {o['status']:<8} attempts={o['attempts']} <{o['message_id']}>{err}")
 
 
+def _case_action(ctx: click.Context, case_id: str, now: str | None, as_json: bool,
+                 action: Callable[..., Any]) -> None:
+    """Run one lifecycle action in a transaction; a refusal exits 1 with its reason."""
+    from .app import build_app
+    from .cases import find_case
+    from .lifecycle import LifecycleRefused
+    cfg = _load_config(ctx)
+    app = build_app(cfg, clock=_clock(now), classifier=_NoClassifier())
+    try:
+        with app.store.session() as s, s.begin():
+            case = find_case(s, case_id)
+            if case is None:
+                raise click.ClickException(f"no case {case_id}")
+            result = action(s, app, case)
+    except LifecycleRefused as e:
+        raise click.ClickException(str(e)) from None
+    app.send()
+    _emit({"case": result.case_ref, "action": result.action, "message": result.message,
+           **result.changes}, as_json, lambda: click.echo(result.message))
+
+
+class _NoClassifier:
+    """Lifecycle commands never classify: don't pay for loading the model."""
+
+    def classify(self, *a: Any) -> Any:
+        raise RuntimeError("no classifier in this command")
+
+    classify_many = classify
+
+
+def _actor(actor: str | None) -> str:
+    import getpass
+    return actor or f"cli:{getpass.getuser()}"
+
+
+_common = [click.option("--reason", required=False, default="", help="Why (stored in the audit trail)."),
+           click.option("--actor", default=None, help="Who acts (default: cli:<user>)."),
+           click.option("--now", hidden=True), click.option("--json", "as_json", is_flag=True)]
+
+
+def _with_common(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_common):
+        f = option(f)
+    return f
+
+
+@cases.command("extend")
+@click.argument("case_id")
+@_with_common
+@click.pass_context
+def cases_extend(ctx: click.Context, case_id: str, reason: str, actor: str | None, now: str | None,
+                 as_json: bool) -> None:
+    """Extend the due date (before it has passed, with a reason); notifies the requester."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.extend(
+        s, app.cfg, app.intake.policy, case, actor=_actor(actor), reason=reason, now=app.clock()))
+
+
+@cases.command("pause")
+@click.argument("case_id")
+@click.option("--scope", is_flag=True, help="Asking to clarify the scope: never pauses the clock.")
+@_with_common
+@click.pass_context
+def cases_pause(ctx: click.Context, case_id: str, scope: bool, reason: str, actor: str | None,
+                now: str | None, as_json: bool) -> None:
+    """Wait for the requester's identity information (clock per [deadlines] clock_mode)."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.pause_for_identity(
+        s, app.cfg, app.intake.policy, case, actor=_actor(actor), reason=reason, now=app.clock(),
+        purpose="scope" if scope else "identity"))
+
+
+@cases.command("resume")
+@click.argument("case_id")
+@_with_common
+@click.pass_context
+def cases_resume(ctx: click.Context, case_id: str, reason: str, actor: str | None, now: str | None,
+                 as_json: bool) -> None:
+    """Identity received: the clock runs again and the dates are recomputed."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.resume(
+        s, app.cfg, app.intake.policy, case, actor=_actor(actor), reason=reason or "identity received",
+        now=app.clock()))
+
+
+@cases.command("close")
+@click.argument("case_id")
+@_with_common
+@click.pass_context
+def cases_close(ctx: click.Context, case_id: str, reason: str, actor: str | None, now: str | None,
+                as_json: bool) -> None:
+    """Close a case (needs a reason)."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.close(
+        s, case, actor=_actor(actor), reason=reason))
+
+
+@cases.command("reject")
+@click.argument("case_id")
+@_with_common
+@click.pass_context
+def cases_reject(ctx: click.Context, case_id: str, reason: str, actor: str | None, now: str | None,
+                 as_json: bool) -> None:
+    """Refuse to act (GDPR Art. 12(4)); sends the refusal notice with the requester's rights."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.reject(
+        s, app.cfg, case, actor=_actor(actor), reason=reason, now=app.clock()))
+
+
+@cases.command("answered")
+@click.argument("case_id")
+@_with_common
+@click.pass_context
+def cases_answered(ctx: click.Context, case_id: str, reason: str, actor: str | None, now: str | None,
+                   as_json: bool) -> None:
+    """Record that the substantive answer was sent."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.answered(
+        s, case, actor=_actor(actor), reason=reason))
+
+
+@cases.command("labels")
+@click.argument("case_id")
+@click.argument("labels")
+@_with_common
+@click.pass_context
+def cases_labels(ctx: click.Context, case_id: str, labels: str, reason: str, actor: str | None,
+                 now: str | None, as_json: bool) -> None:
+    """Correct a case's labels (comma-separated); dates are recomputed from the receipt."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.reclassify(
+        s, app.intake.policy, case, labels.split(","), actor=_actor(actor), reason=reason or "staff correction"))
+
+
+@cases.command("assign")
+@click.argument("case_id")
+@click.argument("owner")
+@_with_common
+@click.pass_context
+def cases_assign(ctx: click.Context, case_id: str, owner: str, reason: str, actor: str | None,
+                 now: str | None, as_json: bool) -> None:
+    """Make a staff member the owner of a case."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.assign(
+        s, case, owner, actor=_actor(actor)))
+
+
+@cases.command("note")
+@click.argument("case_id")
+@click.argument("text")
+@_with_common
+@click.pass_context
+def cases_note(ctx: click.Context, case_id: str, text: str, reason: str, actor: str | None,
+               now: str | None, as_json: bool) -> None:
+    """Add a note to the case history."""
+    from . import lifecycle
+    _case_action(ctx, case_id, now, as_json, lambda s, app, case: lifecycle.note(
+        s, case, text, actor=_actor(actor)))
+
+
+@main.command()
+@click.option("--received", required=True, help="Receipt instant, ISO 8601 with a zone (e.g. 2026-01-15T10:00+09:00).")
+@click.option("--labels", required=True, help="Comma-separated labels, e.g. gdpr_request,deletion.")
+@click.option("--country", default=None, help="GDPR holiday calendar country (default from policy: DE).")
+@click.option("--subdiv", default=None, help="Subdivision of that country.")
+@click.option("--clock-mode", type=click.Choice(["none", "suspend_for_identity", "restart_on_identity"]),
+              default=None)
+@click.option("--id-requested", default=None, help="Date the identity information was requested.")
+@click.option("--id-received", default=None, help="Date it arrived.")
+@click.option("--id-reason", default="", help="Why it was necessary.")
+@click.pass_context
+def due(ctx: click.Context, received: str, labels: str, country: str | None, subdiv: str | None,
+        clock_mode: str | None, id_requested: str | None, id_received: str | None, id_reason: str) -> None:
+    """Compute due dates and show the rules that applied (JSON)."""
+    from datetime import date as _date
+    from . import deadlines
+    cfg = _load_config(ctx)
+    mapping = dict(cfg.deadlines)
+    mapping.setdefault("controller_timezone", cfg.bot.timezone)
+    if country:
+        mapping["gdpr_calendar"] = {"country": country.upper(), "subdiv": subdiv}
+    if clock_mode:
+        mapping["clock_mode"] = clock_mode
+    try:
+        policy = deadlines.Policy.from_mapping(mapping)
+        instant = datetime.fromisoformat(received.replace("Z", "+00:00"))
+        if instant.tzinfo is None:
+            raise ValueError("--received needs a time zone offset, e.g. +09:00 or Z")
+        identity = None
+        if id_requested:
+            identity = deadlines.IdentityPause(
+                requested_on=_date.fromisoformat(id_requested),
+                received_on=_date.fromisoformat(id_received) if id_received else None, reason=id_reason)
+        result = deadlines.compute_due(instant, [l.strip() for l in labels.split(",") if l.strip()],
+                                       policy, identity=identity)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident case history."""
+
+
+@audit.command("verify")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def audit_verify(ctx: click.Context, as_json: bool) -> None:
+    """Check every case's event chain; exits 1 naming any edited or deleted event."""
+    from .app import open_store
+    from .cases import verify_chain
+    from .store import Case, CaseEvent
+    from sqlalchemy import func as sa_func
+    store = open_store(_load_config(ctx))
+    with store.session() as s:
+        problems = verify_chain(s)
+        n_cases = s.execute(select(sa_func.count(Case.id))).scalar_one()
+        n_events = s.execute(select(sa_func.count(CaseEvent.id))).scalar_one()
+    if as_json:
+        click.echo(json.dumps({"ok": not problems, "cases": n_cases, "events": n_events, "problems": problems}))
+    else:
+        for p in problems:
+            click.echo(f"TAMPERED: {p}")
+        if not problems:
+            click.echo(f"audit trail intact: {n_events} events in {n_cases} cases")
+    if problems:
+        ctx.exit(1)
+
+
 @main.group()
 def messages() -> None:
     """Look at inbound messages."""

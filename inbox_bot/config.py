@@ -6,8 +6,9 @@ Start-up fails with one ``ConfigError`` line naming the offending key; library c
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -81,12 +82,30 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class StaffConfig:
+    addresses: list[str] = field(default_factory=list)   # who may act on cases by mail
+    supervisor: str = ""                                   # escalations, weekly summary
+    dpo: str = ""                                          # copied on GDPR overdue escalations
+    languages: dict[str, str] = field(default_factory=dict)   # address -> "en" | "ja"
+    default_language: str = "en"
+    token_secret: str = ""                                 # HMAC key for reply addresses
+    token_secret_file: str = ""
+    token_ttl_days: int = 30
+    digest_time: str = "08:30"                             # local time of the daily digest
+    summary_weekday: str = "mon"                           # weekly summary day and time
+    summary_time: str = "09:00"
+    excerpt: bool = True                                   # short excerpt of the inquiry in digests
+    reminder_time: str = "09:00"                           # local time of reminder/escalation run
+
+
+@dataclass(frozen=True)
 class Config:
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     bot: BotConfig = field(default_factory=BotConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    staff: StaffConfig = field(default_factory=StaffConfig)
     deadlines: dict[str, Any] = field(default_factory=dict)   # passed to deadlines.Policy
     source_file: str = ""
 
@@ -104,6 +123,12 @@ class Config:
     def smtp_password(self) -> str:
         return _secret(self.smtp.password, self.smtp.password_file, "smtp")
 
+    def token_secret(self) -> str:
+        return _secret(self.staff.token_secret, self.staff.token_secret_file, "staff", "token_secret_file")
+
+    def staff_language(self, address: str) -> str:
+        return self.staff.languages.get(address.lower(), self.staff.default_language)
+
 
 _SECTIONS: dict[str, type] = {
     "mailbox": MailboxConfig,
@@ -111,6 +136,7 @@ _SECTIONS: dict[str, type] = {
     "bot": BotConfig,
     "database": DatabaseConfig,
     "classifier": ClassifierConfig,
+    "staff": StaffConfig,
 }
 
 
@@ -149,7 +175,7 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[st
             raise ConfigError(f"unknown setting {name}.{key}")
     values: dict[str, Any] = {}
     for key, f in known.items():
-        default = f.default
+        default = f.default if f.default_factory is MISSING else f.default_factory()  # type: ignore[misc]
         value = raw.get(key, default)
         env_key = f"{ENV_PREFIX}{name.upper()}_{key.upper()}"
         if env_key in env:
@@ -159,6 +185,18 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[st
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is list:
+        if isinstance(value, str):      # from the environment: comma-separated
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"setting {key} must be a list of strings, got {value!r}")
+        return [v.strip().lower() if "@" in v else v.strip() for v in value]
+    if kind is dict:
+        if isinstance(value, str):      # from the environment: "a@x=ja,b@y=en"
+            value = dict(p.split("=", 1) for p in value.split(",") if "=" in p)
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"setting {key} must be a table of strings, got {value!r}")
+        return {k.strip().lower(): v.strip() for k, v in value.items()}
     try:
         if kind is bool:
             if isinstance(value, str):
@@ -228,6 +266,29 @@ def validate(cfg: Config) -> None:
     for section, pw_file in (("mailbox", m.password_file), ("smtp", s.password_file)):
         if pw_file and not Path(pw_file).is_file():
             raise ConfigError(f"setting {section}.password_file: file not found: {pw_file}")
+    st = cfg.staff
+    for i, address in enumerate(st.addresses):
+        if "@" not in address or any(c in address for c in "\r\n <>,"):
+            raise ConfigError(f"setting staff.addresses[{i}] is not an e-mail address: {address!r}")
+    for key in ("supervisor", "dpo"):
+        value = getattr(st, key)
+        if value and ("@" not in value or any(c in value for c in "\r\n <>,")):
+            raise ConfigError(f"setting staff.{key} is not an e-mail address: {value!r}")
+    for address, lang in (*st.languages.items(), ("default_language", st.default_language)):
+        if lang not in ("en", "ja"):
+            raise ConfigError(f"setting staff.languages: {address} must be 'en' or 'ja', got {lang!r}")
+    for key in ("digest_time", "summary_time", "reminder_time"):
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", getattr(st, key)):
+            raise ConfigError(f"setting staff.{key} must be HH:MM, got {getattr(st, key)!r}")
+    if st.summary_weekday not in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"):
+        raise ConfigError(f"setting staff.summary_weekday must be mon..sun, got {st.summary_weekday!r}")
+    if st.token_ttl_days < 1:
+        raise ConfigError("setting staff.token_ttl_days must be at least 1")
+    if st.token_secret_file and not Path(st.token_secret_file).is_file():
+        raise ConfigError(f"setting staff.token_secret_file: file not found: {st.token_secret_file}")
+    if st.addresses and not (st.token_secret or st.token_secret_file):
+        raise ConfigError("setting staff.token_secret (or staff.token_secret_file) is required "
+                          "when staff.addresses is set: it signs the digest reply addresses")
     if cfg.deadlines:
         from . import deadlines   # late: keeps config importable on its own
         try:
@@ -236,10 +297,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"setting deadlines: {e}") from None
 
 
-def _secret(value: str, file: str, section: str) -> str:
+def _secret(value: str, file: str, section: str, key: str = "password_file") -> str:
     if file:
         try:
             return Path(file).read_text(encoding="utf-8").strip()
         except OSError as e:
-            raise ConfigError(f"setting {section}.password_file cannot be read: {e}") from None
+            raise ConfigError(f"setting {section}.{key} cannot be read: {e}") from None
     return value

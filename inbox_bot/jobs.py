@@ -37,6 +37,16 @@ def send_outbox(app: App) -> None:
         logger.exception("sending the outbox failed")
 
 
+def send_reminders(app: App) -> None:
+    try:
+        app.remind()
+    except Exception:
+        logger.exception("reminders failed")
+
+
+REMINDER_INTERVAL = 900   # seconds; dedupe keys make every reminder go out once
+
+
 def run_forever(app: App, stop: threading.Event | None = None) -> None:
     """Run the jobs until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly."""
     stop = stop or threading.Event()
@@ -47,6 +57,8 @@ def run_forever(app: App, stop: threading.Event | None = None) -> None:
                       id="poll_inbox", next_run_time=_now(), **common)
     scheduler.add_job(send_outbox, "interval", args=[app], seconds=app.cfg.bot.send_interval,
                       id="send_outbox", next_run_time=_now(), **common)
+    scheduler.add_job(send_reminders, "interval", args=[app], seconds=REMINDER_INTERVAL,
+                      id="send_reminders", next_run_time=_now(), **common)
 
     def _stop(signum: int, _frame: Any) -> None:
         logger.info("received %s, shutting down", signal.Signals(signum).name)

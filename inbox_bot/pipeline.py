@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import cases as case_ops
+from . import lifecycle
 from . import outbox, screen as screening
 from .config import Config
 from .parse import InboundMessage, parse
@@ -217,6 +218,8 @@ class Intake:
             case_ops.attach_follow_up(s, decision.case, inbound_id=row.id,
                                       message_id=msg.message_id, reopen=decision.reopen,
                                       how=decision.how)
+            if msg.sender.lower() == decision.case.requester.lower():
+                lifecycle.requester_replied(s, self.policy, cfg, decision.case, now)
             self._done(row, "follow_up", case=decision.case)
             logger.info("message %d is a follow-up to %s (%s)", row.id, decision.case.ref, decision.how)
             return

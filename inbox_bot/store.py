@@ -132,6 +132,14 @@ class Case(Base):
     linked_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
     audit_head: Mapped[str] = mapped_column(String(64), default="")   # hash of the last event
     event_count: Mapped[int] = mapped_column(Integer, default=0)
+    # lifecycle (deadlines.md §3, §8)
+    first_due_date: Mapped[date | None] = mapped_column(Date)         # due before any extension
+    gdpr_due: Mapped[date | None] = mapped_column(Date)               # Art. 12(3)/(4) date
+    extension_reason: Mapped[str | None] = mapped_column(Text)
+    identity_requested_on: Mapped[date | None] = mapped_column(Date)
+    identity_received_on: Mapped[date | None] = mapped_column(Date)
+    identity_reason: Mapped[str | None] = mapped_column(Text)
+    identity_purpose: Mapped[str | None] = mapped_column(String(20))
 
     messages: Mapped[list[InboundMessage]] = relationship(back_populates="case")
     events: Mapped[list["CaseEvent"]] = relationship(back_populates="case", order_by="CaseEvent.id")
@@ -194,6 +202,21 @@ class Outbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class LabelCorrection(Base):
+    """A staff member changed a case's labels: the classifier learns from these."""
+
+    __tablename__ = "label_corrections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(320))
+    old_labels: Mapped[list[str]] = mapped_column(JSON)
+    new_labels: Mapped[list[str]] = mapped_column(JSON)
+    language: Mapped[str] = mapped_column(String(8), default="")
 
 
 class Suppression(Base):

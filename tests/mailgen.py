@@ -98,17 +98,19 @@ def reply_to(ack_raw: bytes, sender: str, body: str = "Thank you. Attached is a 
              mid: str = "reply1@mail.example.net") -> bytes:
     """The customer's reply to our acknowledgement, threaded as a mail client would."""
     import email
-    ack = email.message_from_bytes(ack_raw)
+    import email.policy
+    ack = email.message_from_bytes(ack_raw, policy=email.policy.default)
     m = EmailMessage()
     m["From"] = sender
     m["To"] = BOT
-    m["Subject"] = "Re: " + str(ack["Subject"])
+    m["Subject"] = "Re: " + " ".join(str(ack["Subject"]).split())
     m["Message-ID"] = f"<{mid}>"
-    m["In-Reply-To"] = ack["Message-ID"]
-    refs = (ack.get("References", "") + " " + ack["Message-ID"]).strip()
-    m["References"] = refs
-    m.set_content(body + "\n\n> " + "\n> ".join(ack.get_payload(decode=False)[0].get_content().splitlines()[:5]
-                                                  if ack.is_multipart() else []))
+    ack_id = " ".join(str(ack["Message-ID"]).split())
+    m["In-Reply-To"] = ack_id
+    m["References"] = " ".join((str(ack.get("References", "")) + " " + ack_id).split())
+    plain = ack.get_body(preferencelist=("plain",))
+    quoted = plain.get_content().splitlines()[:5] if plain is not None else []
+    m.set_content(body + "\n\n> " + "\n> ".join(quoted))
     return m.as_bytes(policy=SMTP)
 
 
