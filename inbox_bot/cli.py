@@ -526,7 +526,7 @@ def messages() -> None:
 
 @messages.command("list")
 @click.option("--disposition", default=None,
-              type=click.Choice(["case_opened", "follow_up", "screened", "held", "pending"]))
+              type=click.Choice(["case_opened", "follow_up", "staff_reply", "screened", "held", "pending"]))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def messages_list(ctx: click.Context, disposition: str | None, as_json: bool) -> None:

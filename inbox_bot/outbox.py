@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -15,7 +16,7 @@ from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -131,8 +132,9 @@ class OutgoingMail:
         msg["Subject"] = clean_header(self.subject, 250)
         msg["Date"] = format_datetime(utcnow())
         if not self.message_id:
-            self.message_id = make_msgid(idstring=re.sub(r"[^A-Za-z0-9.-]", "", self.id_hint)[:40],
-                                         domain=self.domain)
+            # Short enough never to be folded: <PRIV-2026-00042.5f1c…@domain>
+            hint = re.sub(r"[^A-Za-z0-9.-]", "", self.id_hint)[:40] or "inbox-bot"
+            self.message_id = f"<{hint}.{secrets.token_hex(8)}@{self.domain}>"
         msg["Message-ID"] = self.message_id
         parent = clean_msgid(self.in_reply_to)
         if parent:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from . import cases as case_ops
 from . import lifecycle
-from . import outbox, screen as screening
+from . import outbox, screen as screening, staff
 from .config import Config
 from .parse import InboundMessage, parse
 from .route import route
@@ -156,6 +156,7 @@ class Intake:
         except Exception:
             logger.exception("batch classification failed; classifying one by one")
             classified = {}
+        self._rejected: list[tuple[int, str, str]] = []
         for i, row in enumerate(rows):
             row.attempts = (row.attempts or 0) + 1
             nested = s.begin_nested()
@@ -171,6 +172,9 @@ class Intake:
                 self._hold(row, e, report)
             report.processed += 1
             report.count(row.disposition or "?")
+        if self._rejected:
+            # One alert for the refused staff mails of this batch, in the same transaction.
+            staff.alert_supervisor(s, self.cfg, self._rejected, self.clock())
 
     def _hold(self, row: JournalRow, error: Exception, report: Report) -> None:
         row.status, row.disposition, row.rule = "held", "held", None
@@ -202,13 +206,18 @@ class Intake:
 
         now = self.clock()
         ctx = screening.ScreenContext(bot_address=cfg.bot.address, received_at=row.received_at,
-                                      horizon=self._horizon(s, row))
+                                      horizon=self._horizon(s, row),
+                                      staff_addresses=frozenset(cfg.staff.addresses))
         result = screening.screen(msg, ctx)
         if result.screened:
             if result.rule == "bounce":
                 self._record_bounce(s, msg, row)
             self._done(row, "screened", rule=result.rule)
             logger.info("message %d screened by rule %s (%s)", row.id, result.rule, result.reason)
+            return
+
+        if staff.is_staff_mail(cfg, msg):
+            self._staff_mail(s, row, msg, now)
             return
 
         trivial = tuple(verdict.labels) == ("other",)
@@ -234,6 +243,19 @@ class Intake:
         self._done(row, "case_opened", case=case)
         report.cases_opened.append(case.ref)
         self._acknowledge(s, case, msg, row, now)
+
+    def _staff_mail(self, s: Session, row: JournalRow, msg: InboundMessage, now: datetime) -> None:
+        result = staff.check(self.cfg, msg, today=now.astimezone(self.cfg.tz).date())
+        case = s.get(Case, result.case_id) if result.ok and result.case_id else None
+        if case is None:
+            reason = result.reason or "the token names no existing case"
+            self._done(row, "screened", rule="staff-auth")
+            row.error = reason
+            self._rejected.append((row.id, msg.sender, reason))
+            logger.warning("message %d: staff mail refused (%s)", row.id, reason)
+            return
+        staff.handle(s, self.cfg, self.policy, case, msg, row.id, now)
+        self._done(row, "staff_reply", case=case)
 
     def _duplicate_of(self, s: Session, row: JournalRow) -> JournalRow | None:
         cond = [JournalRow.sha256 == row.sha256]

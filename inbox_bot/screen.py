@@ -51,6 +51,7 @@ class ScreenContext:
     bot_address: str                  # inquiries@example.jp
     received_at: datetime             # INTERNALDATE of this message
     horizon: datetime | None = None   # first connection: older mail is not acknowledged
+    staff_addresses: frozenset[str] = frozenset()   # their mail clients use our domain too
 
     @property
     def domain(self) -> str:
@@ -95,7 +96,8 @@ def _loop(msg: InboundMessage, ctx: ScreenContext) -> str | None:
     for value in _h(msg, "x-loop"):
         if ctx.bot_address.lower() in value.lower() or ctx.domain in value.lower():
             return "X-Loop names us"
-    if msg.message_id and msg.message_id.lower().endswith("@" + ctx.domain):
+    if msg.message_id and msg.message_id.lower().endswith("@" + ctx.domain) \
+            and msg.sender.lower() not in ctx.staff_addresses:
         return "Message-ID is in our own domain"
     return None
 

@@ -120,7 +120,7 @@ def test_machine_mail_is_never_answered_and_each_rule_is_recorded(tmp_path, dove
     app.run_once()
     smtp_server.wait_for(1, timeout=10)
     ack = parsed(smtp_server.messages[0].raw)
-    our_id = ack["Message-ID"].strip("<>")
+    our_id = ack["Message-ID"].strip().strip("<>")
 
     for kind in ("auto-reply", "mailing-list", "own-address"):
         dovecot_user.server.append(dovecot_user.username, "INBOX", mailgen.machine_mail(kind))
