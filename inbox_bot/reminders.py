@@ -7,6 +7,7 @@ sent, not a burst of stale ones.
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -95,11 +96,13 @@ def _queue_notice(s: Session, cfg: Config, case: Case, notice: Notice, rcpt: str
         return False
     lang = outbox.template_language(f"staff_{notice.kind}", cfg.staff_language(rcpt))
     days_left = (case.due_date - now.astimezone(cfg.tz).date()).days
-    subject = {"reminder": f"[{case.ref}] due {case.due_date.isoformat()}: reminder",
-               "escalation": f"[{case.ref}] OVERDUE or at risk: due {case.due_date.isoformat()}"}[notice.kind]
+    m = re.search(r"T[+-]\d+ BD", notice.what)
+    step = m.group(0) if m else ("overdue" if days_left < 0 else "")
+    subject = {"reminder": f"[{case.ref}] reminder {step}: due {case.due_date.isoformat()}",
+               "escalation": f"[{case.ref}] OVERDUE or at risk ({step}): due {case.due_date.isoformat()}"}[notice.kind]
     if lang == "ja":
-        subject = {"reminder": f"[{case.ref}] 期限 {case.due_date.isoformat()} のリマインダー",
-                   "escalation": f"[{case.ref}] 期限超過・要対応: 期限 {case.due_date.isoformat()}"}[notice.kind]
+        subject = {"reminder": f"[{case.ref}] リマインダー {step}: 期限 {case.due_date.isoformat()}",
+                   "escalation": f"[{case.ref}] 期限超過・要対応 ({step}): 期限 {case.due_date.isoformat()}"}[notice.kind]
     ctx = {"case_ref": case.ref, "labels": list(case.labels), "status": case.status,
            "due_date": case.due_date.isoformat(), "days_left": days_left, "what": notice.what,
            "receipt_date": case.receipt_date.isoformat(), "organisation": cfg.bot.organisation,
