@@ -2,7 +2,7 @@
 """Quick start on a machine that has only Python.
 
     python3 dev.py demo    # run the main job on the bundled sample mailbox
-    python3 dev.py test    # run the whole test suite (installs Dovecot with apt-get if missing)
+    python3 dev.py test    # run the whole test suite (installs Dovecot and Chromium with apt-get if missing)
 
 Both create ./.venv and install the project into it on first use.
 """
@@ -38,21 +38,27 @@ def ensure_venv(extras: str = "") -> None:
         stamp.touch()
 
 
-def ensure_dovecot() -> None:
-    if shutil.which("dovecot") or Path("/usr/sbin/dovecot").exists():
+# Debian packages the test suite uses, and the file that shows each is installed.
+SYSTEM_PACKAGES = {"dovecot-imapd": "/usr/sbin/dovecot",   # the real IMAP server of the e2e tests
+                   "chromium": "/usr/bin/chromium"}         # renders the digest HTML for a screenshot
+
+
+def ensure_system_packages() -> None:
+    missing = [pkg for pkg, path in SYSTEM_PACKAGES.items() if not Path(path).exists()]
+    if not missing:
         return
     apt = shutil.which("apt-get")
     if not apt:
-        print("dev.py: Dovecot is missing and apt-get is not available; "
-              "end-to-end tests will be skipped", file=sys.stderr)
+        print(f"dev.py: {', '.join(missing)} missing and apt-get is not available; "
+              "the tests that need them will be skipped", file=sys.stderr)
         return
     prefix = [] if os.geteuid() == 0 else (["sudo"] if shutil.which("sudo") else None)
     if prefix is None:
-        print("dev.py: need root (or sudo) to apt-get install dovecot-imapd", file=sys.stderr)
+        print(f"dev.py: need root (or sudo) to apt-get install {' '.join(missing)}", file=sys.stderr)
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     sh(*prefix, apt, "update", "-qq", env=env)
-    sh(*prefix, apt, "install", "-y", "-qq", "dovecot-imapd", env=env)
+    sh(*prefix, apt, "install", "-y", "-qq", "--no-install-recommends", *missing, env=env)
 
 
 def main(argv: list[str]) -> int:
@@ -63,7 +69,7 @@ def main(argv: list[str]) -> int:
         ensure_venv()
         return sh(BIN / "inbox-bot", "demo", *argv[1:], check=False)
     ensure_venv("test")
-    ensure_dovecot()
+    ensure_system_packages()
     return sh(PY, "-m", "pytest", *(argv[1:] or ["-q"]), check=False)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -71,20 +72,54 @@ class App:
         report.held = processed.held
         return report
 
-    def send(self) -> dict[str, int]:
+    def send(self, *, first_attempts_only: bool = False) -> dict[str, int]:
         return outbox.send_due(self.store.session, self.transport, now=self.clock(),
                                max_attempts=self.cfg.smtp.max_attempts,
-                               retry_base=self.cfg.smtp.retry_base_seconds)
+                               retry_base=self.cfg.smtp.retry_base_seconds,
+                               first_attempts_only=first_attempts_only)
+
+    def digest(self) -> int:
+        from .digests import send_digests
+        return send_digests(self.store, self.cfg, self.intake.policy, self.clock())
+
+    def weekly_summary(self, week: str | None = None) -> bool:
+        from .summary import send_summary
+        return send_summary(self.store, self.cfg, self.intake.policy, self.clock(), week)
 
     def remind(self) -> dict[str, int]:
         from .reminders import send_reminders
         return send_reminders(self.store, self.cfg, self.intake.policy, self.clock())
 
     def run_once(self) -> Report:
-        report = self.poll()
-        self.remind()
-        counts = self.send()
-        report.sent, report.send_retry, report.send_failed = counts["sent"], counts["retry"], counts["failed"]
+        """Poll, remind and send until nothing is due. While a long poll processes its
+        batches, a second thread already sends the acknowledgements each batch committed,
+        so SMTP round trips overlap with parsing and classification."""
+        totals = {"sent": 0, "retry": 0, "failed": 0}
+        stop = threading.Event()
+
+        def add(counts: dict[str, int]) -> None:
+            for k, v in counts.items():
+                totals[k] += v
+
+        def sender() -> None:
+            while not stop.is_set():
+                try:
+                    add(self.send(first_attempts_only=True))
+                except Exception:
+                    logger.exception("sending beside the poll failed; the final send retries")
+                    return
+                stop.wait(0.2)
+
+        thread = threading.Thread(target=sender, name="outbox-sender", daemon=True)
+        thread.start()
+        try:
+            report = self.poll()
+            self.remind()
+        finally:
+            stop.set()
+            thread.join()
+        add(self.send())
+        report.sent, report.send_retry, report.send_failed = totals["sent"], totals["retry"], totals["failed"]
         return report
 
 

@@ -25,16 +25,39 @@ OPEN_STATES = ("new", "acknowledged", "awaiting_identity", "in_progress", "exten
 
 
 def allocate_ref(session: Session, prefix: str, year: int) -> str:
-    """Next case id for the year, e.g. ``PRIV-2026-00042``; safe with several workers."""
-    counter = session.execute(
-        select(CaseCounter).where(CaseCounter.year == year).with_for_update()).scalar_one_or_none()
+    """Next case id for the year, e.g. ``PRIV-2026-00042``; safe with several workers.
+
+    The counter row is locked (FOR UPDATE) on first use in a transaction and then counted in
+    memory, so a batch of new cases costs one lock, not one round trip each.
+    """
+    cache: dict[int, CaseCounter] = session.info.setdefault("case_counters", {})
+    counter = cache.get(year)
     if counter is None:
-        _insert_counter(session, year)
         counter = session.execute(
-            select(CaseCounter).where(CaseCounter.year == year).with_for_update()).scalar_one()
+            select(CaseCounter).where(CaseCounter.year == year).with_for_update()).scalar_one_or_none()
+        if counter is None:
+            _insert_counter(session, year)
+            counter = session.execute(
+                select(CaseCounter).where(CaseCounter.year == year).with_for_update()).scalar_one()
+        cache[year] = counter
     counter.last_seq += 1
-    session.flush()
     return f"{prefix}-{year}-{counter.last_seq:05d}"
+
+
+def forget_batch_state(session: Session) -> None:
+    """After a rollback the counters and Message-IDs cached on the session are stale."""
+    for key in ("case_counters", "new_message_ids", "known_message_ids"):
+        session.info.pop(key, None)
+
+
+def prefetch_message_ids(session: Session, message_ids: Iterable[str]) -> None:
+    """Which of these Message-IDs already belong to a case (one query for a whole batch)."""
+    wanted = [m for m in set(message_ids) if m]
+    known: set[str] = set()
+    for i in range(0, len(wanted), 500):
+        known.update(session.execute(select(CaseMessageId.message_id).where(
+            CaseMessageId.message_id.in_(wanted[i:i + 500]))).scalars())
+    session.info["known_message_ids"] = known
 
 
 def _insert_counter(session: Session, year: int) -> None:
@@ -49,11 +72,12 @@ def _insert_counter(session: Session, year: int) -> None:
                         .on_conflict_do_nothing(index_elements=["year"]))
 
 
-def _event_hash(prev_hash: str, ev: CaseEvent) -> str:
+def _event_hash(prev_hash: str, case_ref: str, ev: CaseEvent) -> str:
+    # What happened, to which case, when and by whom. Row ids of linked messages are
+    # navigation, assigned only when the row is written, so they are not part of the hash.
     body = json.dumps({
-        "prev": prev_hash, "case_id": ev.case_id, "at": ev.at.isoformat(), "actor": ev.actor,
-        "kind": ev.kind, "reason": ev.reason, "old": ev.old, "new": ev.new,
-        "inbound_id": ev.inbound_id, "outbox_id": ev.outbox_id,
+        "prev": prev_hash, "case": case_ref, "at": ev.at.astimezone(timezone.utc).isoformat(),
+        "actor": ev.actor, "kind": ev.kind, "reason": ev.reason, "old": ev.old, "new": ev.new,
     }, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
@@ -61,20 +85,30 @@ def _event_hash(prev_hash: str, ev: CaseEvent) -> str:
 def record_event(session: Session, case: Case, kind: str, *, actor: str = BOT_ACTOR,
                  reason: str = "", old: dict[str, Any] | None = None,
                  new: dict[str, Any] | None = None, inbound_id: int | None = None,
-                 outbox_id: int | None = None, at: datetime | None = None) -> CaseEvent:
-    """Append an event to the case's hash chain; the case row is locked while we do."""
-    session.flush()
-    session.refresh(case, with_for_update=True)
-    ev = CaseEvent(case_id=case.id, at=(at or utcnow()).astimezone(timezone.utc).replace(microsecond=0),
-                   actor=actor,
-                   kind=kind, reason=reason, old=_jsonable(old), new=_jsonable(new),
+                 outbox_id: int | None = None, inbound: Any = None, outbox: Any = None,
+                 at: datetime | None = None) -> CaseEvent:
+    """Append an event to the case's hash chain.
+
+    The caller holds the case row: it created it in this transaction, or loaded it with
+    ``lock_case`` / ``with_for_update``, so no other worker extends the same chain meanwhile.
+    """
+    ev = CaseEvent(case=case, at=(at or utcnow()).astimezone(timezone.utc).replace(microsecond=0),
+                   actor=actor, kind=kind, reason=reason, old=_jsonable(old), new=_jsonable(new),
                    inbound_id=inbound_id, outbox_id=outbox_id, prev_hash=case.audit_head or "")
-    ev.hash = _event_hash(ev.prev_hash, ev)
+    if inbound is not None:
+        ev.inbound = inbound
+    if outbox is not None:
+        ev.outbox = outbox
+    ev.hash = _event_hash(ev.prev_hash, case.ref, ev)
     session.add(ev)
     case.audit_head = ev.hash
     case.event_count = (case.event_count or 0) + 1
-    session.flush()
     return ev
+
+
+def lock_case(session: Session, case_id: int) -> Case | None:
+    """Load a case for changing it: the row lock serialises workers on its event chain."""
+    return session.get(Case, case_id, with_for_update=True, populate_existing=True)
 
 
 def verify_chain(session: Session) -> list[str]:
@@ -87,7 +121,7 @@ def verify_chain(session: Session) -> list[str]:
             count += 1
             if ev.prev_hash != prev_hash:
                 problems.append(f"{case.ref} event {ev.id}: the event before it was deleted or changed")
-            if _event_hash(ev.prev_hash, ev) != ev.hash:
+            if _event_hash(ev.prev_hash, case.ref, ev) != ev.hash:
                 problems.append(f"{case.ref} event {ev.id} ({ev.kind}): content was edited")
             prev_hash = ev.hash
         if prev_hash != (case.audit_head or "") or count != (case.event_count or 0):
@@ -143,8 +177,9 @@ def open_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.
                 needs_review=needs_review, close_call=close_call, received_at=received_at,
                 thread_message_id=thread_message_id, status="new", linked_case_id=linked_case_id)
     apply_dates(case, dues)
+    from .reminders import schedule          # late import: reminders builds on cases
+    schedule(case, policy, dues=dues)
     session.add(case)
-    session.flush()
     if thread_message_id:
         remember_message_id(session, case, thread_message_id, "in")
     record_event(session, case, "opened", reason="new inquiry", inbound_id=inbound_id,
@@ -154,15 +189,26 @@ def open_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.
     return case
 
 
-def remember_message_id(session: Session, case: Case, message_id: str, direction: str) -> None:
-    if session.get(CaseMessageId, message_id) is None:
-        session.add(CaseMessageId(message_id=message_id, case_id=case.id, direction=direction))
-        session.flush()
+def remember_message_id(session: Session, case: Case, message_id: str, direction: str, *,
+                        new: bool = False) -> None:
+    """Remember a Message-ID of the case's conversation (``new``: one we just generated)."""
+    if not new:
+        if message_id in session.info.setdefault("new_message_ids", set()):
+            return
+        known = session.info.get("known_message_ids")
+        if known is not None and message_id in known:
+            return
+        if known is None:
+            with session.no_autoflush:
+                if session.get(CaseMessageId, message_id) is not None:
+                    return
+    session.info.setdefault("new_message_ids", set()).add(message_id)
+    session.add(CaseMessageId(message_id=message_id, case=case, direction=direction))
 
 
 def set_status(session: Session, case: Case, new_status: str, *, actor: str = BOT_ACTOR,
                reason: str = "", inbound_id: int | None = None,
-               outbox_id: int | None = None) -> None:
+               outbox_id: int | None = None, outbox: Any = None) -> None:
     old = case.status
     if old == new_status:
         return
@@ -173,7 +219,7 @@ def set_status(session: Session, case: Case, new_status: str, *, actor: str = BO
     elif old in ("closed", "rejected", "answered"):
         case.closed_at = None
     record_event(session, case, "status", actor=actor, reason=reason, old={"status": old},
-                 new={"status": new_status}, inbound_id=inbound_id, outbox_id=outbox_id)
+                 new={"status": new_status}, inbound_id=inbound_id, outbox_id=outbox_id, outbox=outbox)
 
 
 def attach_follow_up(session: Session, case: Case, *, inbound_id: int, message_id: str | None,
@@ -188,7 +234,9 @@ def attach_follow_up(session: Session, case: Case, *, inbound_id: int, message_i
 
 
 def find_case(session: Session, ref: str) -> Case | None:
-    return session.execute(select(Case).where(Case.ref == ref.strip().upper())).scalar_one_or_none()
+    """The case with this id, locked for changing it."""
+    return session.execute(select(Case).where(Case.ref == ref.strip().upper())
+                           .with_for_update()).scalar_one_or_none()
 
 
 def touch(session: Session, case_id: int) -> None:

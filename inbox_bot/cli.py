@@ -489,6 +489,86 @@ def due(ctx: click.Context, received: str, labels: str, country: str | None, sub
     click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
 
 
+@main.command()
+@click.option("--print", "do_print", is_flag=True, help="Print the text part(s).")
+@click.option("--send", is_flag=True, help="Queue today's digest for every staff member (once a day) and send.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write the HTML part to FILE.")
+@click.option("--staff", "staff_address", default=None, help="Only this staff member.")
+@click.option("--now", hidden=True)
+@click.pass_context
+def digest(ctx: click.Context, do_print: bool, send: bool, html_file: str | None,
+           staff_address: str | None, now: str | None) -> None:
+    """The daily staff digest of open cases, with reply and command links."""
+    from .app import build_app
+    from .digests import build_digest
+    cfg = _load_config(ctx)
+    if not (do_print or send or html_file):
+        raise click.UsageError("give --print, --send or --html FILE")
+    recipients = [staff_address.lower()] if staff_address else list(cfg.staff.addresses)
+    if not recipients:
+        raise click.ClickException("no staff addresses configured (staff.addresses)")
+    if html_file and len(recipients) != 1:
+        raise click.UsageError("--html writes one digest: add --staff ADDRESS")
+    app = build_app(cfg, clock=_clock(now), classifier=_NoClassifier())
+    if send:
+        queued = app.digest()
+        counts = app.send()
+        click.echo(f"digest queued for {queued} staff member(s); {counts['sent']} mail(s) sent")
+    if do_print or html_file:
+        with app.store.session() as s:
+            for address in recipients:
+                mail = build_digest(s, cfg, app.intake.policy, address, app.clock())
+                if do_print:
+                    click.echo(f"To: {address}\nSubject: {mail.subject}\n\n{mail.text}")
+                if html_file:
+                    Path(html_file).write_text(mail.html or "", encoding="utf-8")
+                    click.echo(f"wrote {html_file}")
+
+
+@main.command()
+@click.option("--week", default=None, help="ISO week, e.g. 2026-W48 (default: the last complete week).")
+@click.option("--print", "do_print", is_flag=True, help="Print the text part.")
+@click.option("--send", is_flag=True, help="Queue the summary for the supervisor (once a week) and send.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write the HTML (chart embedded) to FILE.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False), help="Write the register of requests to FILE.")
+@click.option("--now", hidden=True)
+@click.pass_context
+def summary(ctx: click.Context, week: str | None, do_print: bool, send: bool, html_file: str | None,
+            csv_file: str | None, now: str | None) -> None:
+    """The supervisor's weekly summary: figures, trend chart and the register as CSV."""
+    from .app import build_app
+    from . import summary as summary_mod
+    cfg = _load_config(ctx)
+    if not (do_print or send or html_file or csv_file):
+        raise click.UsageError("give --print, --send, --html FILE or --csv FILE")
+    app = build_app(cfg, clock=_clock(now), classifier=_NoClassifier())
+    week = week or summary_mod.last_complete_week(app.clock(), cfg.tz)
+    try:
+        summary_mod.week_bounds(week, cfg.tz)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--week") from None
+    if send:
+        if not cfg.staff.supervisor:
+            raise click.ClickException("no supervisor configured (staff.supervisor)")
+        queued = app.weekly_summary(week)
+        counts = app.send()
+        click.echo(f"summary for {week} {'queued' if queued else 'was already sent'}; "
+                   f"{counts['sent']} mail(s) sent")
+    with app.store.session() as s:
+        if do_print or html_file:
+            if not cfg.staff.supervisor:
+                raise click.ClickException("no supervisor configured (staff.supervisor)")
+            mail = summary_mod.build_summary(s, cfg, app.intake.policy, week)
+            if do_print:
+                click.echo(f"Subject: {mail.subject}\n\n{mail.text}")
+            if html_file:
+                Path(html_file).write_text(mail.html_with_embedded_images(), encoding="utf-8")
+                click.echo(f"wrote {html_file}")
+        if csv_file:
+            Path(csv_file).write_bytes(summary_mod.register_csv(summary_mod.register_rows(s, cfg, week)))
+            click.echo(f"wrote {csv_file}")
+
+
 @main.group()
 def audit() -> None:
     """The tamper-evident case history."""

@@ -38,13 +38,22 @@ def send_outbox(app: App) -> None:
 
 
 def send_reminders(app: App) -> None:
-    try:
-        app.remind()
-    except Exception:
-        logger.exception("reminders failed")
+    """Reminders and escalations, plus the daily digest and the weekly summary once their
+    local time has come. Each is queued with a per-period dedupe key, so running this often
+    (and after downtime) sends each exactly once, also with several workers."""
+    from . import digests, summary
+    now = app.clock()
+    for name, due, call in (("reminders", lambda: True, app.remind),
+                            ("staff digest", lambda: digests.digest_due(app.cfg, now), app.digest),
+                            ("weekly summary", lambda: summary.summary_due(app.cfg, now), app.weekly_summary)):
+        try:
+            if due():
+                call()
+        except Exception:
+            logger.exception("%s failed", name)
 
 
-REMINDER_INTERVAL = 900   # seconds; dedupe keys make every reminder go out once
+REMINDER_INTERVAL = 300   # seconds; dedupe keys make every notice go out once
 
 
 def run_forever(app: App, stop: threading.Event | None = None) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import cases as case_ops
-from . import deadlines, outbox
+from . import deadlines, outbox, reminders
 from .config import Config
 from .store import Case, LabelCorrection, Outbox, utcnow
 
@@ -83,6 +83,7 @@ def recompute(session: Session, case: Case, policy: deadlines.Policy, *, actor: 
     case_ops.apply_dates(case, dues)
     if extended and dues.extended_due is not None:
         case.due_date = dues.extended_due         # an extension, once granted, stays granted
+    reminders.schedule(case, policy)
     new = {"due_date": case.due_date, "internal_target": case.internal_target,
            "extended_due": case.extended_due}
     if new != old:
@@ -150,8 +151,9 @@ def extend(session: Session, cfg: Config, policy: deadlines.Policy, case: Case, 
                    "new_due": outbox.format_date(case.due_date, lang),
                    "gdpr": "gdpr_request" in case.labels}, now, f"extension:{case.id}")
     case_ops.record_event(session, case, "extended", actor=actor, reason=case.extension_reason,
-                          old={"due_date": old_due}, new={"due_date": case.due_date}, outbox_id=row.id)
+                          old={"due_date": old_due}, new={"due_date": case.due_date}, outbox=row)
     case_ops.set_status(session, case, "extended", actor=actor, reason="extension notified")
+    reminders.schedule(case, policy, after=today - timedelta(days=1))
     return ActionResult(case.ref, "extend", f"{case.ref} extended: due {old_due.isoformat()} -> "
                         f"{case.due_date.isoformat()}; notice queued to the requester",
                         {"due_date": case.due_date.isoformat()})
@@ -168,7 +170,7 @@ def reject(session: Session, cfg: Config, case: Case, *, actor: str, reason: str
                   {"reason": reason.strip()[:4000], "gdpr": "gdpr_request" in case.labels},
                   now, f"refusal:{case.id}")
     case_ops.record_event(session, case, "rejected", actor=actor, reason=reason.strip(),
-                          new={"late": late}, outbox_id=row.id)
+                          new={"late": late}, outbox=row)
     case_ops.set_status(session, case, "rejected", actor=actor, reason="refusal notified")
     note = " (after the Art. 12(4) deadline: this is late)" if late else ""
     return ActionResult(case.ref, "reject", f"{case.ref} rejected; refusal notice queued{note}", {})

@@ -52,6 +52,15 @@ class Report:
     def count(self, disposition: str) -> None:
         self.dispositions[disposition] = self.dispositions.get(disposition, 0) + 1
 
+    def merge(self, other: "Report") -> None:
+        self.journaled += other.journaled
+        self.already_journaled += other.already_journaled
+        self.processed += other.processed
+        for k, v in other.dispositions.items():
+            self.dispositions[k] = self.dispositions.get(k, 0) + v
+        self.cases_opened += other.cases_opened
+        self.held += other.held
+
 
 @dataclass
 class Intake:
@@ -99,29 +108,31 @@ class Intake:
         return report
 
     def _journal_batch(self, source: Any, batch: list[RawMail], report: Report) -> None:
+        now = self.clock()
         with self.store.session() as s, s.begin():
             for raw in batch:
                 state = s.get(SyncState, (raw.mailbox, raw.uidvalidity))
                 if state is None:
                     state = SyncState(mailbox=raw.mailbox, uidvalidity=raw.uidvalidity,
-                                      first_seen_at=self.clock(), last_uid=0)
+                                      first_seen_at=now, last_uid=0)
                     s.add(state)
                     s.flush()
                 if raw.uid.isdigit():
                     state.last_uid = max(state.last_uid, int(raw.uid))
-                nested = s.begin_nested()
-                try:
-                    s.add(JournalRow(
-                        mailbox=raw.mailbox, uidvalidity=raw.uidvalidity, uid=raw.uid,
-                        message_id=_header_message_id(raw.raw), sha256=hashlib.sha256(raw.raw).hexdigest(),
-                        size=len(raw.raw), raw=raw.raw, received_at=raw.received_at,
-                        fetched_at=self.clock(), status="received"))
-                    s.flush()
-                    nested.commit()
-                    report.journaled += 1
-                except IntegrityError:
-                    nested.rollback()
-                    report.already_journaled += 1
+            rows = [{"mailbox": raw.mailbox, "uidvalidity": raw.uidvalidity, "uid": raw.uid,
+                     "message_id": _header_message_id(raw.raw),
+                     "sha256": hashlib.sha256(raw.raw).hexdigest(), "size": len(raw.raw),
+                     "raw": raw.raw, "received_at": raw.received_at, "received_source": "internaldate",
+                     "fetched_at": now, "status": "received", "attempts": 0} for raw in batch]
+            # One statement per chunk; a message already journaled (same mailbox,
+            # UIDVALIDITY and UID) is skipped by the unique constraint, never doubled.
+            inserted = 0
+            for i in range(0, len(rows), 200):
+                stmt = _insert(s)(JournalRow).values(rows[i:i + 200]).on_conflict_do_nothing(
+                    index_elements=["mailbox", "uidvalidity", "uid"]).returning(JournalRow.id)
+                inserted += len(s.execute(stmt).all())
+            report.journaled += inserted
+            report.already_journaled += len(rows) - inserted
         # Only now, with the bytes committed, may the message leave the inbox.
         source.mark_processed([raw.uid for raw in batch])
         logger.info("journaled %d message(s) from %s", len(batch), batch[0].mailbox)
@@ -139,42 +150,103 @@ class Intake:
                 rows = list(s.execute(q.limit(batch_size).with_for_update(skip_locked=True)).scalars())
                 if not rows:
                     break
-                self._process_batch(s, rows, report)
+                prepared = self._prepare(rows)
+                fast = Report()
+                try:
+                    # Optimistic: the whole batch in one savepoint, written in one flush.
+                    with s.begin_nested():
+                        self._process_batch(s, rows, prepared, fast, careful=False)
+                except Exception:
+                    # Something failed: redo the batch message by message, each in its own
+                    # savepoint, so that only the failing message is held.
+                    logger.info("batch of %d failed as a whole; processing one by one", len(rows))
+                    case_ops.forget_batch_state(s)
+                    fast = Report()
+                    self._process_batch(s, rows, prepared, fast, careful=True)
+                report.merge(fast)
         return report
 
-    def _process_batch(self, s: Session, rows: list[JournalRow], report: Report) -> None:
+    def _prepare(self, rows: list[JournalRow]) -> list[tuple[InboundMessage | Exception, Any]]:
+        """Parse and classify a batch (no database work): the CPU-heavy part, done once."""
         parsed: list[InboundMessage | Exception] = []
         for row in rows:
             try:
                 parsed.append(parse(row.raw))
             except Exception as e:  # parse should never raise; hold the message if it does
                 parsed.append(e)
-        to_classify = [(i, m) for i, m in enumerate(parsed) if isinstance(m, InboundMessage)]
+        good = [m for m in parsed if isinstance(m, InboundMessage)]
         try:
-            results = self.classifier.classify_many([(m.subject, m.new_text) for _, m in to_classify])
-            classified = {i: r for (i, _), r in zip(to_classify, results)}
+            verdicts = iter(self.classifier.classify_many([(m.subject, m.new_text) for m in good]))
+            return [(m, next(verdicts) if isinstance(m, InboundMessage) else None) for m in parsed]
         except Exception:
             logger.exception("batch classification failed; classifying one by one")
-            classified = {}
-        self._rejected: list[tuple[int, str, str]] = []
-        for i, row in enumerate(rows):
-            row.attempts = (row.attempts or 0) + 1
-            nested = s.begin_nested()
+        out: list[tuple[InboundMessage | Exception, Any]] = []
+        for m in parsed:
+            if isinstance(m, Exception):
+                out.append((m, None))
+                continue
             try:
-                msg = parsed[i]
-                if isinstance(msg, Exception):
-                    raise msg
-                verdict = classified.get(i) or self.classifier.classify(msg.subject, msg.new_text)
-                self._process_one(s, row, msg, verdict, report)
-                nested.commit()
+                out.append((m, self.classifier.classify(m.subject, m.new_text)))
             except Exception as e:
-                nested.rollback()
-                self._hold(row, e, report)
+                out.append((e, None))
+        return out
+
+    def _process_batch(self, s: Session, rows: list[JournalRow],
+                       prepared: list[tuple[InboundMessage | Exception, Any]], report: Report, *,
+                       careful: bool) -> None:
+        cfg = self.cfg
+        now = self.clock()
+        self._rejected: list[tuple[int, str, str]] = []
+        self._budget = outbox.Budget(s, now=now, window=timedelta(minutes=cfg.bot.budget_window_minutes),
+                                     sender_budget=cfg.bot.sender_budget, global_budget=cfg.bot.global_budget)
+        self._sync_states: dict[tuple[str, int], SyncState | None] = {}
+        self._earlier = self._earlier_copies(s, rows)
+        msgs = [m for m, _ in prepared if isinstance(m, InboundMessage)]
+        self._budget.prefetch(m.sender for m in msgs)
+        case_ops.prefetch_message_ids(s, (m.message_id for m in msgs if m.message_id))
+        for row, (msg, verdict) in zip(rows, prepared):
+            row.attempts = (row.attempts or 0) + 1
+            if isinstance(msg, Exception):
+                self._hold(row, msg, report)
+            elif not careful:
+                self._process_one(s, row, msg, verdict, report, now)
+            else:
+                nested = s.begin_nested()
+                try:
+                    self._process_one(s, row, msg, verdict, report, now)
+                    nested.commit()
+                except Exception as e:
+                    nested.rollback()
+                    case_ops.forget_batch_state(s)
+                    self._hold(row, e, report)
             report.processed += 1
             report.count(row.disposition or "?")
         if self._rejected:
             # One alert for the refused staff mails of this batch, in the same transaction.
-            staff.alert_supervisor(s, self.cfg, self._rejected, self.clock())
+            staff.alert_supervisor(s, cfg, self._rejected, now)
+
+    def _earlier_copies(self, s: Session, rows: list[JournalRow]) -> dict[int, int]:
+        """For each row, the id of an earlier journal row with the same bytes or Message-ID."""
+        shas = {r.sha256 for r in rows}
+        mids = {r.message_id for r in rows if r.message_id}
+        cond = [JournalRow.sha256.in_(shas)]
+        if mids:
+            cond.append(JournalRow.message_id.in_(mids))
+        first_by_sha: dict[str, int] = {}
+        first_by_mid: dict[str, int] = {}
+        found = s.execute(select(JournalRow.id, JournalRow.sha256, JournalRow.message_id)
+                          .where(or_(*cond)).order_by(JournalRow.id))
+        for rid, sha, mid in found:
+            first_by_sha.setdefault(sha, rid)
+            if mid:
+                first_by_mid.setdefault(mid, rid)
+        out: dict[int, int] = {}
+        for r in rows:
+            candidates = [i for i in (first_by_sha.get(r.sha256), first_by_mid.get(r.message_id or ""))
+                          if i is not None and i < r.id]
+            if candidates:
+                out[r.id] = min(candidates)
+        return out
 
     def _hold(self, row: JournalRow, error: Exception, report: Report) -> None:
         row.status, row.disposition, row.rule = "held", "held", None
@@ -187,24 +259,24 @@ class Intake:
     def _done(self, row: JournalRow, disposition: str, *, rule: str | None = None,
               case: Case | None = None) -> None:
         row.status, row.disposition, row.rule, row.error = "done", disposition, rule, None
-        row.case_id = case.id if case else row.case_id
+        if case is not None:
+            row.case = case
         row.processed_at = self.clock()
 
     def _process_one(self, s: Session, row: JournalRow, msg: InboundMessage, verdict: Any,
-                     report: Report) -> None:
+                     report: Report, now: datetime) -> None:
         cfg = self.cfg
         row.sender, row.subject, row.language = msg.sender[:320], msg.subject[:1000], msg.language
         row.labels, row.scores = list(verdict.labels), dict(verdict.scores)
         if row.message_id is None and msg.message_id:
             row.message_id = msg.message_id[:998]
 
-        duplicate = self._duplicate_of(s, row)
-        if duplicate is not None:
-            self._done(row, "screened", rule="duplicate", case=duplicate.case)
-            logger.info("message %d screened: duplicate of message %d", row.id, duplicate.id)
+        if row.id in self._earlier:
+            first = s.get(JournalRow, self._earlier[row.id])
+            self._done(row, "screened", rule="duplicate", case=first.case if first else None)
+            logger.info("message %d screened: duplicate of message %d", row.id, self._earlier[row.id])
             return
 
-        now = self.clock()
         ctx = screening.ScreenContext(bot_address=cfg.bot.address, received_at=row.received_at,
                                       horizon=self._horizon(s, row),
                                       staff_addresses=frozenset(cfg.staff.addresses))
@@ -246,7 +318,7 @@ class Intake:
 
     def _staff_mail(self, s: Session, row: JournalRow, msg: InboundMessage, now: datetime) -> None:
         result = staff.check(self.cfg, msg, today=now.astimezone(self.cfg.tz).date())
-        case = s.get(Case, result.case_id) if result.ok and result.case_id else None
+        case = case_ops.lock_case(s, result.case_id) if result.ok and result.case_id else None
         if case is None:
             reason = result.reason or "the token names no existing case"
             self._done(row, "screened", rule="staff-auth")
@@ -257,15 +329,11 @@ class Intake:
         staff.handle(s, self.cfg, self.policy, case, msg, row.id, now)
         self._done(row, "staff_reply", case=case)
 
-    def _duplicate_of(self, s: Session, row: JournalRow) -> JournalRow | None:
-        cond = [JournalRow.sha256 == row.sha256]
-        if row.message_id:
-            cond.append(JournalRow.message_id == row.message_id)
-        return s.execute(select(JournalRow).where(or_(*cond), JournalRow.id < row.id)
-                         .order_by(JournalRow.id).limit(1)).scalar_one_or_none()
-
     def _horizon(self, s: Session, row: JournalRow) -> datetime | None:
-        state = s.get(SyncState, (row.mailbox, row.uidvalidity))
+        key = (row.mailbox, row.uidvalidity)
+        if key not in self._sync_states:
+            self._sync_states[key] = s.get(SyncState, key)
+        state = self._sync_states[key]
         if state is None or self.cfg.bot.horizon_days <= 0:
             return None
         return state.first_seen_at - timedelta(days=self.cfg.bot.horizon_days)
@@ -281,30 +349,32 @@ class Intake:
                 s.add(Suppression(address=sent.recipient.lower(), reason=f"hard bounce, message {row.id}",
                                   until=self.clock() + HARD_BOUNCE_SUPPRESSION))
             if sent.case_id:
-                case = s.get(Case, sent.case_id)
+                case = case_ops.lock_case(s, sent.case_id)
                 if case is not None:
                     case_ops.record_event(s, case, "delivery_failed", inbound_id=row.id,
-                                          outbox_id=sent.id, reason="hard bounce" if hard else "bounce")
+                                          outbox=sent, reason="hard bounce" if hard else "bounce")
             logger.warning("outgoing %s bounced (%s)", sent.message_id, "hard" if hard else "soft")
 
     def _acknowledge(self, s: Session, case: Case, msg: InboundMessage, row: JournalRow,
                      now: datetime) -> None:
         cfg = self.cfg
-        why_not = outbox.automatic_mail_allowed(
-            s, case.requester, now=now, window=timedelta(minutes=cfg.bot.budget_window_minutes),
-            sender_budget=cfg.bot.sender_budget, global_budget=cfg.bot.global_budget)
+        why_not = self._budget.check(case.requester)
+        if not why_not and not case.requester.isascii():
+            # An internationalised address needs SMTPUTF8 end to end; staff answer by hand.
+            why_not = "non-ascii-address"
         if why_not:
             case_ops.record_event(s, case, "ack_withheld", reason=why_not, inbound_id=row.id)
             logger.warning("case %s: acknowledgement withheld (%s)", case.ref, why_not)
             return
         mail = build_ack(cfg, case, msg)
-        sent = outbox.enqueue(s, mail, case_id=case.id, inbound_id=row.id,
-                              dedupe_key=f"ack:case:{case.id}", now=now)
-        case_ops.remember_message_id(s, case, sent.message_id, "out")
-        case_ops.record_event(s, case, "ack_queued", outbox_id=sent.id,
+        sent = outbox.enqueue(s, mail, case=case, inbound_id=row.id, dedupe_key=f"ack:case:{case.ref}",
+                              now=now, fresh=True)
+        self._budget.spend(case.requester)
+        case_ops.remember_message_id(s, case, sent.message_id, "out", new=True)
+        case_ops.record_event(s, case, "ack_queued", outbox=sent,
                               new={"template": mail.template, "message_id": sent.message_id})
         case_ops.set_status(s, case, "acknowledged", reason="acknowledgement queued",
-                            outbox_id=sent.id)
+                            outbox=sent)
 
 
 def build_ack(cfg: Config, case: Case, msg: InboundMessage) -> outbox.OutgoingMail:
@@ -338,6 +408,15 @@ def ack_subject(original: str, ref: str, lang: str) -> str:
     original = _REPLY_PREFIX.sub("", outbox.clean_header(original, 150))
     base = f"Re: {original}" if original else _PREFIX.get(lang, "Received")
     return f"{base} [{ref}]"
+
+
+def _insert(s: Session) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 def _header_message_id(raw: bytes) -> str | None:

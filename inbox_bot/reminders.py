@@ -10,7 +10,7 @@ import hashlib
 import re
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -65,6 +65,26 @@ def due_notices(cfg: Config, policy: deadlines.Policy, case: Case, today: date) 
     return out
 
 
+def plan(case: Case, policy: deadlines.Policy, dues: deadlines.DueDates | None = None) -> list[date]:
+    """Every date on which the case may need a reminder or an escalation."""
+    if dues is None:
+        dues = deadlines.compute_due(case.received_at, list(case.labels), policy)
+    extended = case.status == "extended"
+    if extended:
+        dues = _with_due(dues, case.due_date)
+    dates = {d for d, _ in deadlines.reminder_dates(dues, case.labels, policy, extended=extended)}
+    dates |= {d for d, _ in deadlines.escalation_dates(dues, case.labels, policy, extended=extended)}
+    dates.add(case.due_date + timedelta(days=1))        # overdue
+    return sorted(dates)
+
+
+def schedule(case: Case, policy: deadlines.Policy, *, after: date | None = None,
+             dues: deadlines.DueDates | None = None) -> None:
+    """Set the case's next notice date: the first planned date after ``after``."""
+    after = after or (case.receipt_date - timedelta(days=1))
+    case.next_notice_on = next((d for d in plan(case, policy, dues) if d > after), None)
+
+
 def _with_due(dues: deadlines.DueDates, due: date) -> deadlines.DueDates:
     from dataclasses import replace
     return replace(dues, due=due)
@@ -74,16 +94,21 @@ def send_reminders(store: Store, cfg: Config, policy: deadlines.Policy, now: dat
     today = now.astimezone(cfg.tz).date()
     counts = {"reminder": 0, "escalation": 0}
     with store.session() as s:
-        ids = list(s.execute(select(Case.id).where(Case.status.in_(OPEN_STATES))).scalars())
+        # Only cases whose next planned notice has come: not every open case every run.
+        ids = list(s.execute(select(Case.id).where(Case.status.in_(OPEN_STATES),
+                                                   Case.next_notice_on <= today)).scalars())
     for case_id in ids:
         with store.session() as s, s.begin():
-            case = s.get(Case, case_id)
+            case = s.get(Case, case_id, with_for_update=True)
             if case is None:
                 continue
             for notice in due_notices(cfg, policy, case, today):
                 for rcpt in notice.recipients:
                     if _queue_notice(s, cfg, case, notice, rcpt, now):
                         counts[notice.kind] += 1
+            paused = case.status == "awaiting_identity" and policy.clock_mode != deadlines.CLOCK_NONE
+            if not paused:
+                schedule(case, policy, after=today)
     if any(counts.values()):
         logger.info("reminders: %s", counts)
     return counts
@@ -118,5 +143,5 @@ def _queue_notice(s: Session, cfg: Config, case: Case, notice: Notice, rcpt: str
     except IntegrityError:          # another worker queued it first
         nested.rollback()
         return False
-    record_event(s, case, notice.kind, reason=notice.what, outbox_id=row.id, new={"to": rcpt})
+    record_event(s, case, notice.kind, reason=notice.what, outbox=row, new={"to": rcpt})
     return True

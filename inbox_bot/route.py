@@ -39,7 +39,7 @@ def find_thread_case(session: Session, msg: InboundMessage) -> Case | None:
     by_id = {row.message_id: row.case_id for row in rows.scalars()}
     for mid in ids:                # In-Reply-To first, then the newest reference
         if mid in by_id:
-            return session.get(Case, by_id[mid])
+            return session.get(Case, by_id[mid], with_for_update=True)   # we may change it
     return None
 
 
@@ -47,7 +47,8 @@ def find_tagged_case(session: Session, msg: InboundMessage, prefix: str) -> Case
     m = tag_pattern(prefix).search(msg.subject)
     if not m:
         return None
-    case = session.execute(select(Case).where(Case.ref == m.group(1).upper())).scalar_one_or_none()
+    case = session.execute(select(Case).where(Case.ref == m.group(1).upper())
+                           .with_for_update()).scalar_one_or_none()
     if case is None or case.requester.lower() != msg.sender.lower():
         return None
     return case

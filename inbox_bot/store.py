@@ -140,6 +140,7 @@ class Case(Base):
     identity_received_on: Mapped[date | None] = mapped_column(Date)
     identity_reason: Mapped[str | None] = mapped_column(Text)
     identity_purpose: Mapped[str | None] = mapped_column(String(20))
+    next_notice_on: Mapped[date | None] = mapped_column(Date, index=True)  # next reminder/escalation
 
     messages: Mapped[list[InboundMessage]] = relationship(back_populates="case")
     events: Mapped[list["CaseEvent"]] = relationship(back_populates="case", order_by="CaseEvent.id")
@@ -167,6 +168,8 @@ class CaseEvent(Base):
     hash: Mapped[str] = mapped_column(String(64), default="")
 
     case: Mapped[Case] = relationship(back_populates="events")
+    inbound: Mapped["InboundMessage | None"] = relationship()
+    outbox: Mapped["Outbox | None"] = relationship()
 
 
 class CaseMessageId(Base):
@@ -177,6 +180,8 @@ class CaseMessageId(Base):
     message_id: Mapped[str] = mapped_column(String(998), primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
     direction: Mapped[str] = mapped_column(String(3))         # "in" | "out"
+
+    case: Mapped[Case] = relationship()
 
 
 class Outbox(Base):
@@ -200,8 +205,10 @@ class Outbox(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    case: Mapped[Case | None] = relationship()
 
 
 class LabelCorrection(Base):
@@ -239,11 +246,19 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            # Let SQLAlchemy, not the driver, begin transactions (SAVEPOINTs need it) ...
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")     # readers don't block the worker
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # ... and take the write lock up front: a deferred transaction that must upgrade
+            # its lock fails at once when another thread writes, an immediate one waits.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]

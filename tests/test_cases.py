@@ -60,7 +60,7 @@ def test_open_case_computes_the_gdpr_one_month_due_date_and_records_an_opened_ev
     received = datetime(2026, 1, 30, 15, 30, tzinfo=timezone.utc)
     with store.session() as s, s.begin():
         case = open_one(s, received, ["gdpr_request"])
-        case_id, ref = case.id, case.ref
+    case_id, ref = case.id, case.ref          # ids are assigned when the transaction is written
     with store.session() as s:
         case = s.get(Case, case_id)
         assert ref == "PRIV-2026-00001" and case.status == "new"
@@ -87,7 +87,7 @@ def _case_with_history(store: Store) -> tuple[int, str]:
         case = open_one(s, datetime(2026, 3, 10, 1, 0, tzinfo=timezone.utc), ["deletion"])
         cases.set_status(s, case, "acknowledged", reason="acknowledgement queued")
         cases.set_status(s, case, "in_progress", actor="staff@ikaclo.example.jp", reason="assigned")
-        return case.id, case.ref
+    return case.id, case.ref
 
 
 def _event_ids(store: Store, case_id: int) -> list[int]:

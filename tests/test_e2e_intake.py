@@ -147,7 +147,7 @@ def test_smtp_down_queues_acks_and_delivers_each_once_when_back(tmp_path, doveco
     app = build_app(load(write_config(tmp_path, dovecot_user, smtp_server)))
     smtp_server.stop()
     report = app.run_once()
-    assert len(report.cases_opened) == 5 and report.sent == 0 and report.send_retry == 5
+    assert len(report.cases_opened) == 5 and report.sent == 0 and report.send_retry >= 5
     with app.store.session() as s:
         queued = s.execute(select(Outbox)).scalars().all()
         assert {o.status for o in queued} == {"queued"}

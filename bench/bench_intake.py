@@ -1,0 +1,449 @@
+"""Benchmark the intake end to end against a bare fetch+parse floor (intake acceptance "h").
+
+    .venv/bin/python bench/bench_intake.py [--n 10000] [--batch 500] [--model DIR]
+                                           [--json] [--check] [--profile FILE.prof]
+
+Starts a private Dovecot and an aiosmtpd server (tests/servers.py), MULTIAPPENDs ``--n``
+generated inquiries (70 % English, 20 % Japanese split between ISO-2022-JP and Shift_JIS,
+10 % German; every sender and Message-ID unique) and measures:
+
+1. the floor: one IMAP connection, UID FETCH (BODY.PEEK[] INTERNALDATE) in batches and
+   ``inbox_bot.parse.parse()`` of every message; no database, no classification, and the
+   mailbox is examined read-only so the messages stay in INBOX, unseen;
+2. end to end: ``inbox-bot run --once`` as a child process against that mailbox and server
+   (SQLite in a temp dir), its wall clock and its own peak RSS (``wait4`` rusage), then the
+   cases in the database and the acknowledgements the SMTP server received.
+
+The fixed cost of a run (imports, model load, migrations, logins) is measured separately with
+``run --once`` on an empty mailbox and reported as ``startup_s`` / ``startup_peak_rss_mb``.
+
+Exit status: 1 when the case or acknowledgement count is not ``--n`` or the run failed; with
+``--check`` also when a target (ratio >= 0.5, peak RSS <= 400 MB) is missed; 2 when Dovecot
+is not installed. ``--profile`` runs end to end in-process (``build_app(cfg).run_once()``)
+under cProfile instead of as a child, writes the stats and prints the top functions.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import os
+import pstats
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from imapclient import IMAPClient  # noqa: E402
+
+from tests import mailgen  # noqa: E402
+from tests.e2e import write_config  # noqa: E402
+from tests.servers import DovecotServer, ImapAccount, SmtpServer, find_dovecot  # noqa: E402
+
+logger = logging.getLogger("bench_intake")
+
+TARGETS = {"ratio": 0.5, "peak_rss_mb": 400.0}
+USER, PASSWORD = "bench", "bench-secret"
+IDLE_USER = "idle"          # an empty mailbox for the startup measurement
+FOLDER = "INBOX"
+
+
+# --------------------------------------------------------------------------- the mailbox
+
+
+def generate_messages(n: int) -> list[bytes]:
+    """``n`` inquiries, interleaved 7:1:1:1 (en : ja ISO-2022-JP : ja Shift_JIS : de).
+
+    Each generator derives the sender address and Message-ID from its index, so one global
+    index per message keeps both unique across the whole set.
+    """
+    raws: list[bytes] = []
+    for i in range(n):
+        slot = i % 10
+        if slot < 7:
+            inquiry = mailgen.english(i)
+        elif slot == 7:
+            inquiry = mailgen.japanese(i, "iso-2022-jp")
+        elif slot == 8:
+            inquiry = mailgen.japanese(i, "shift_jis")
+        else:
+            inquiry = mailgen.german(i)
+        raws.append(inquiry.raw)
+    return raws
+
+
+def load_mailbox(server: DovecotServer, raws: list[bytes], chunk: int) -> float:
+    """MULTIAPPEND everything into INBOX; returns the seconds it took."""
+    started = time.perf_counter()
+    server.append_many(USER, FOLDER, raws, chunk=chunk)
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+@dataclass
+class FloorResult:
+    messages: int
+    seconds: float
+    languages: dict[str, int]
+
+
+def measure_floor(account: ImapAccount, batch: int) -> FloorResult:
+    """Connect, examine INBOX read-only, fetch in batches and parse every message.
+
+    parse() loads its language models on first use (about 1.5 s); that is a fixed cost like
+    the bot's start-up, so it is paid before the clock starts and the floor is a rate.
+    """
+    from inbox_bot.parse import parse
+
+    for raw in generate_messages(10):
+        parse(raw)
+    languages: Counter[str] = Counter()
+    parsed = 0
+    started = time.perf_counter()
+    client = IMAPClient(account.host, account.port, ssl=False, timeout=60)
+    try:
+        client.login(account.username, account.password)
+        client.select_folder(FOLDER, readonly=True)   # EXAMINE: no flag can change
+        uids = sorted(client.search("ALL"))
+        for start in range(0, len(uids), batch):
+            response = client.fetch(uids[start:start + batch], ["BODY.PEEK[]", "INTERNALDATE"])
+            for data in response.values():
+                raw = data.get(b"BODY[]")
+                if raw is None:   # an unsolicited FETCH (flag change) carries no body
+                    continue
+                languages[parse(bytes(raw)).language] += 1
+                parsed += 1
+    finally:
+        client.logout()
+    return FloorResult(parsed, time.perf_counter() - started, dict(sorted(languages.items())))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+    stderr_tail: str
+
+
+def bot_settings(n: int) -> dict[str, Any]:
+    """Extra [bot] keys for write_config: no budget may withhold one of the ``n`` acks.
+
+    write_config already sets sender_budget = 50 (every sender here writes once) and
+    horizon_days = 30 (INTERNALDATE is the time of the append); the global budget is raised.
+    """
+    return {"global_budget": max(500, 2 * n)}
+
+
+def child_environment(batch: int, model: Path | None) -> dict[str, str]:
+    """The caller's environment minus stray INBOX_BOT_* settings, plus the fetch batch size
+    and the classifier model (when not the shipped one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_BOT_")}
+    env["INBOX_BOT_MAILBOX_BATCH_SIZE"] = str(batch)   # same batches as the floor
+    if model is not None:
+        env["INBOX_BOT_MODEL"] = str(model.resolve())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("inbox-bot")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "inbox_bot.cli"]
+
+
+def run_child(config: Path, env: dict[str, str], log_level: str, timeout: float) -> ChildRun:
+    """``inbox-bot run --once --json``; wall clock and the child's own ru_maxrss via wait4.
+
+    wait4 reports exactly this child (RUSAGE_CHILDREN would be the maximum over every child
+    ever waited for). Output goes to files: a full pipe would stall the child and the clock.
+    """
+    cmd = [*cli_command(), "--config", str(config), "--log-level", log_level, "run", "--once", "--json"]
+    out_path, err_path = config.with_suffix(".stdout"), config.with_suffix(".stderr")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=config.parent, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:   # Ctrl-C / SIGTERM: leave no bot behind (Popen reaps it)
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            watchdog.cancel()
+        seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
+    stderr_lines = err_path.read_text(errors="replace").splitlines()
+    return ChildRun(proc.returncode, seconds, usage.ru_maxrss / 1024,   # KiB on Linux
+                    out_path.read_text(errors="replace"), "\n".join(stderr_lines[-20:]))
+
+
+def run_in_process(config: Path, env: dict[str, str], log_level: str, profile_path: Path,
+                   top: int) -> tuple[float, str, str]:
+    """``build_app(cfg).run_once()`` under cProfile; returns (seconds, report JSON, top list).
+
+    The bot logs to a file at ``log_level``, as the child would: same logging cost, quiet
+    terminal.
+    """
+    from inbox_bot import config as config_mod
+    from inbox_bot.app import build_app
+
+    if "INBOX_BOT_MODEL" in env:   # read by Classifier.load from the process environment
+        os.environ["INBOX_BOT_MODEL"] = env["INBOX_BOT_MODEL"]
+    bot_logger = logging.getLogger("inbox_bot")
+    bot_logger.setLevel(log_level.upper())
+    bot_logger.propagate = False
+    log_file = logging.FileHandler(config.with_suffix(".log"), encoding="utf-8")
+    bot_logger.addHandler(log_file)
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    try:
+        cfg = config_mod.load(config, env)
+        app = build_app(cfg)
+        report = app.run_once()
+        app.store.dispose()
+    finally:
+        profiler.disable()
+        bot_logger.removeHandler(log_file)
+        log_file.close()
+    seconds = time.perf_counter() - started
+    profiler.dump_stats(profile_path)
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return seconds, json.dumps(report.__dict__, default=str), text.getvalue()
+
+
+def count_cases(database: Path) -> int:
+    """Cases in the bot's SQLite database (0 when the run never got as far as creating it)."""
+    if not database.exists():
+        return 0
+    with closing(sqlite3.connect(database)) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM cases").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+def wait_for_acks(smtp: SmtpServer, expected: int, timeout: float = 2.0) -> int:
+    """Every ack is recorded before its 250 reply, so this only guards against stragglers."""
+    try:
+        smtp.wait_for(expected, timeout=timeout)
+    except TimeoutError:
+        pass
+    return len(smtp.messages)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+@contextmanager
+def terminated_cleanly() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so the servers and temp dirs are still cleaned up."""
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Returns the figures and the list of failed checks."""
+    failures: list[str] = []
+    with ExitStack() as stack:
+        stack.enter_context(terminated_cleanly())
+        dovecot = stack.enter_context(DovecotServer(tls=False))
+        smtp = stack.enter_context(SmtpServer())
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-intake-")))
+        account = dovecot.add_user(USER, PASSWORD)
+        idle = dovecot.add_user(IDLE_USER, PASSWORD)
+
+        raws = generate_messages(args.n)
+        load_s = load_mailbox(dovecot, raws, args.append_chunk)
+        mailbox_mb = sum(map(len, raws)) / 1e6
+        del raws
+        logger.info("loaded %d messages (%.1f MB) in %.1f s", args.n, mailbox_mb, load_s)
+
+        floor = measure_floor(account, args.batch)
+        if floor.messages != args.n:
+            failures.append(f"floor parsed {floor.messages} of {args.n} messages")
+        logger.info("floor: %d messages in %.2f s", floor.messages, floor.seconds)
+
+        env = child_environment(args.batch, args.model)
+        settings = bot_settings(args.n)
+        startup = run_child(write_config(_subdir(work, "idle"), idle, smtp, **settings), env,
+                            args.log_level, args.timeout)
+        if startup.returncode != 0:
+            failures.append(f"run --once on the empty mailbox exited {startup.returncode}")
+        logger.info("startup (empty mailbox): %.2f s", startup.seconds)
+
+        e2e_dir = _subdir(work, "e2e")
+        config = write_config(e2e_dir, account, smtp, **settings)
+        peak_rss_mb: float | None
+        top_functions = ""
+        if args.profile:
+            seconds, report_json, top_functions = run_in_process(config, env, args.log_level,
+                                                                 args.profile, args.top)
+            returncode, peak_rss_mb = 0, None   # in-process: RSS is the bench's, not the bot's
+        else:
+            child = run_child(config, env, args.log_level, args.timeout)
+            seconds, report_json, returncode = child.seconds, child.stdout, child.returncode
+            peak_rss_mb = child.peak_rss_mb
+            if returncode != 0:
+                failures.append(f"run --once exited {returncode}:\n{child.stderr_tail}")
+        logger.info("end to end: %.2f s", seconds)
+
+        report = _last_json_line(report_json)
+        cases = count_cases(e2e_dir / "inbox-bot.sqlite3")
+        acks = wait_for_acks(smtp, args.n)
+        recipients = len({m.rcpt_tos for m in smtp.messages})
+        left_in_inbox = len(dovecot.list_uids(USER, FOLDER))
+        if cases != args.n:
+            failures.append(f"{cases} cases in the database, expected {args.n}")
+        if acks != args.n or recipients != args.n:
+            failures.append(f"SMTP server received {acks} acknowledgements for {recipients} "
+                            f"recipients, expected {args.n}")
+
+    floor_rate = floor.messages / floor.seconds
+    e2e_rate = args.n / seconds
+    steady = seconds - startup.seconds
+    results: dict[str, Any] = {
+        "n": args.n,
+        "mix": floor.languages,
+        "mailbox_mb": round(mailbox_mb, 1),
+        "fetch_batch": args.batch,
+        "load_s": round(load_s, 2),
+        "floor_s": round(floor.seconds, 2),
+        "floor_msgs_per_s": round(floor_rate, 1),
+        "e2e_s": round(seconds, 2),
+        "e2e_msgs_per_s": round(e2e_rate, 1),
+        "ratio": round(e2e_rate / floor_rate, 3),
+        "startup_s": round(startup.seconds, 2),
+        "startup_peak_rss_mb": round(startup.peak_rss_mb, 1),
+        "e2e_after_startup_msgs_per_s": round(args.n / steady, 1) if steady > 0 else None,
+        "ratio_after_startup": round(args.n / steady / floor_rate, 3) if steady > 0 else None,
+        "peak_rss_mb": None if peak_rss_mb is None else round(peak_rss_mb, 1),
+        "mode": "in-process cProfile" if args.profile else "subprocess",
+        # Other load on the machine skews every rate above: say how busy it was.
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "journaled": report.get("journaled"),
+        "processed": report.get("processed"),
+        "dispositions": report.get("dispositions"),
+        "held": len(report.get("held") or []),
+        "sent_by_run": report.get("sent"),
+        "cases": cases,
+        "acks_received": acks,
+        "ack_recipients": recipients,
+        "left_in_inbox": left_in_inbox,
+    }
+    if top_functions:
+        results["profile"] = str(args.profile)
+        print(top_functions, file=sys.stderr)
+    return results, failures
+
+
+def missed_targets(results: dict[str, Any]) -> list[str]:
+    missed = []
+    if results["ratio"] < TARGETS["ratio"]:
+        missed.append(f"ratio {results['ratio']} < {TARGETS['ratio']}")
+    rss = results["peak_rss_mb"]
+    if rss is not None and rss > TARGETS["peak_rss_mb"]:
+        missed.append(f"peak RSS {rss} MB > {TARGETS['peak_rss_mb']} MB")
+    return missed
+
+
+def _subdir(parent: Path, name: str) -> Path:
+    path = parent / name
+    path.mkdir()
+    return path
+
+
+def _last_json_line(text: str) -> dict[str, Any]:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def _print_text(results: dict[str, Any]) -> None:
+    for key, value in results.items():
+        print(f"{key:<30} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10000, help="messages in the mailbox")
+    parser.add_argument("--batch", type=int, default=500,
+                        help="UIDs per FETCH, for the floor and (mailbox.batch_size) the bot")
+    parser.add_argument("--append-chunk", type=int, default=500, help="messages per MULTIAPPEND")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="the bot's --log-level")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per bot run")
+    parser.add_argument("--model", type=Path, default=None, metavar="DIR",
+                        help="classifier model for the bot (default: the shipped model)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                        help="run end to end in-process under cProfile, stats to FILE")
+    parser.add_argument("--top", type=int, default=30, help="functions listed with --profile")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.batch < 1 or args.append_chunk < 1:
+        parser.error("--n, --batch and --append-chunk must be positive")
+    # Progress lines from the bench itself; everything else (aiosmtpd says a line per SMTP
+    # command) only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logger.setLevel(logging.INFO)
+    if find_dovecot() is None:
+        print("dovecot not installed (apt-get install -y dovecot-imapd)", file=sys.stderr)
+        return 2
+
+    results, failures = run_benchmark(args)
+    missed = missed_targets(results)
+    results["targets_missed"] = missed
+    results["failures"] = failures
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        _print_text(results)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    if missed:
+        print("targets missed: " + "; ".join(missed), file=sys.stderr)
+    return 1 if failures or (args.check and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
