@@ -167,7 +167,7 @@ def relay(s: Session, cfg: Config, case: Case, text: str, *, actor: str, inbound
     row = outbox.enqueue(s, mail, case_id=case.id, inbound_id=inbound_id,
                          dedupe_key=f"relay:{inbound_id}", now=now)
     case_ops.remember_message_id(s, case, row.message_id, "out")
-    case_ops.record_event(s, case, "staff_reply", actor=actor, inbound_id=inbound_id, outbox_id=row.id,
+    case_ops.record_event(s, case, "staff_reply", actor=actor, inbound_id=inbound_id, outbox=row,
                           reason="relayed to the requester")
     if case.status in ("new", "acknowledged"):
         case_ops.set_status(s, case, "in_progress", actor=actor, reason="staff replied")
