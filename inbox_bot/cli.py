@@ -194,12 +194,33 @@ def train(ctx: click.Context, output: str | None, include_corrections: bool, see
 
 
 def _corrections(ctx: click.Context) -> list[Any]:
-    from . import training
-    loader = getattr(training, "corrections_from_store", None)
-    if loader is None:
-        return []
     from .app import open_store
-    return list(loader(open_store(_load_config(ctx))))
+    from .corrections import corrections_from_store
+    found = list(corrections_from_store(open_store(_load_config(ctx))))
+    click.echo(f"adding {len(found)} staff correction(s) to the training data", err=True)
+    return found
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(file_okay=False), default=None,
+              help="Model directory (default: the shipped model).")
+@click.option("--folder", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Also evaluate a folder of .eml files with a labels.csv (file,labels).")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(model_path: str | None, folder: str | None, as_json: bool) -> None:
+    """Held-out metrics: per-label P/R/F1, macro-F1, exact match, per language, confusions."""
+    from . import training
+    sets = [("held-out split", training.load_corpus(training.DEFAULT_HELDOUT_DIR))]
+    if folder:
+        sets.append((folder, training.load_labelled_eml_folder(Path(folder))))
+    out = {}
+    for name, examples in sets:
+        report = training.evaluate(Path(model_path) if model_path else None, examples)
+        out[name] = report.to_dict()
+        if not as_json:
+            click.echo(f"== {name} ({len(examples)} messages)\n{report.to_text()}\n")
+    if as_json:
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
 
 
 # -- cases and messages -----------------------------------------------------------------------

@@ -200,3 +200,17 @@ def mailgen_parsed(raw: bytes):
     import email
     import email.policy
     return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def test_a_staff_correction_becomes_a_training_example(tmp_path, db_url):
+    from inbox_bot.corrections import corrections_from_store
+    clock = Clock(datetime(2026, 1, 20, 9, 0, tzinfo=JST))
+    app, _ = open_gdpr_erasure(tmp_path, db_url, clock)
+    act(app, lambda s, c: lifecycle.reclassify(s, app.intake.policy, c, ["complaint", "deletion"],
+                                               actor="staff@x", reason="angry"))
+    examples = list(corrections_from_store(app.store))
+    assert len(examples) == 1
+    ex = examples[0]
+    assert ex.labels == ("deletion", "complaint") or set(ex.labels) == {"deletion", "complaint"}
+    assert "delete my data" in ex.body and "Art. 17" in ex.subject
+    app.store.dispose()
