@@ -121,7 +121,8 @@ def demo(ctx: click.Context, workdir: str, as_json: bool) -> None:
             click.echo(f"{c['id']:<16} {c['language']:<4} {c['due_date']:<10} "
                        f"{','.join(c['labels']):<32} {c['requester']}")
         click.echo(f"Acknowledgements written to {outbox_dir} ({len(sent)} .eml file(s) this run: {report.sent})")
-        click.echo(f"Database: {base / 'inbox-bot.sqlite3'}  (try: inbox-bot --config ... cases list)")
+        click.echo(f"Look at them: INBOX_BOT_DATABASE_URL=sqlite:///{base / 'inbox-bot.sqlite3'} "
+                   "inbox-bot cases list")
     _emit(data, as_json, text)
     app.store.dispose()
 
