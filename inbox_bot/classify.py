@@ -5,6 +5,10 @@ One spaCy ``textcat_multilabel`` model serves every language. Its tokenizer is r
 needs ``import inbox_bot.classify``. The model reads ``textprep.classifier_text(subject,
 new_text)``; training builds its examples with the same function (see ``model_input``).
 
+The model (``inbox_bot.HashedNgramTextCat.v1``, also registered here) is a logistic regression
+per label over hashed word 1-2-grams and in-word character 2-5-grams with TF-IDF weights; the
+choice against spaCy's stock architectures is measured in models/COMPARISON.md.
+
 Scores become labels through ``decide`` with per-label thresholds tuned at training time and
 stored next to the model in ``thresholds.json``.
 """
@@ -52,14 +56,11 @@ _REPO_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "intake"
 
 # Kana, kanji (with extensions and compatibility forms), half-width katakana, hangul and the
 # Japanese iteration marks. Japanese has no spaces, so a whole sentence would otherwise be one
-# "word"; single characters (and the bigrams the model builds from neighbours) carry the meaning.
+# "word"; as single characters, their word bigrams are character bigrams (個人, 開示, 削除).
 _CJK = (
     "\u3005\u3006\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
     "\uff66-\uff9f\uac00-\ud7af"
 )
-_WHITESPACE_RE = re.compile(r"\s+")
-_NUMPY_OPS = NumpyOps()
-_NEW_LABEL_BIAS = -5000  # a label added to a trained model stays off until it is trained
 _TOKEN_RE = re.compile(
     rf"(?P<cjk>[{_CJK}])|(?P<word>[^\W{_CJK}]+)|(?P<space>\s+)|(?P<punct>[^\w\s])"
 )
@@ -81,9 +82,13 @@ class IntakeTokenizer:
         words, spaces = split_tokens(text.lower() if self.lowercase else text)
         return Doc(self.vocab, words=words, spaces=spaces)
 
-    # Stateless: settings live in the pipeline config, so serialisation writes nothing.
+    # Settings live in the pipeline config; the file only keeps the directory (git and wheels
+    # drop empty ones) and says what the tokenizer is.
     def to_disk(self, path: Path, **_: Any) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "settings.json").write_text(
+            json.dumps({"tokenizer": "inbox_bot.intake_tokenizer.v1",
+                        "lowercase": self.lowercase}) + "\n", encoding="utf-8")
 
     def from_disk(self, path: Path, **_: Any) -> "IntakeTokenizer":
         return self
@@ -129,6 +134,10 @@ def create_intake_tokenizer(lowercase: bool = True):  # noqa: ANN201 - spaCy fac
 # examples; character n-grams inside words share evidence between them, and over Japanese runs
 # they give the 2-5 character words (個人情報, 開示, 削除) directly. Counts are dampened (1+log)
 # and each feature group is L2-normalised so that long mails do not get extreme scores.
+
+_WHITESPACE_RE = re.compile(r"\s+")
+_NUMPY_OPS = NumpyOps()
+_NEW_LABEL_BIAS = -5000  # a label added to a trained model stays off until it is trained
 
 
 def _ngram_keys(ops: NumpyOps, ids: np.ndarray, sizes: Iterable[int]) -> np.ndarray:
@@ -323,6 +332,13 @@ def decide(scores: Mapping[str, float], rule: DecisionRule = DecisionRule()) -> 
                           close_call=close_call)
 
 
+def nothing_to_classify() -> Classification:
+    """No subject and no new text (e.g. a reply carrying only attachments): ``other`` for a
+    human to look at, rather than whatever label the model's biases favour."""
+    return Classification(labels=(EXCLUSIVE_LABEL,), scores={label: 0.0 for label in LABELS},
+                          needs_review=True, close_call=False)
+
+
 # --- model ------------------------------------------------------------------------------------
 
 
@@ -350,7 +366,8 @@ def default_model_path() -> Path:
 
 
 class Classifier:
-    """A loaded model plus its decision rule. Thread-compatible for reads; load once, reuse."""
+    """A loaded model plus its decision rule. Load once and reuse it (about 0.1 s to load, plus
+    spaCy's import); ``classify_many`` batches through ``nlp.pipe``."""
 
     def __init__(self, nlp: Language, rule: DecisionRule, version: str) -> None:
         self.nlp = nlp
@@ -375,13 +392,10 @@ class Classifier:
         return self.classify_many([(subject, new_text)])[0]
 
     def classify_many(self, items: Iterable[tuple[str, str]]) -> list[Classification]:
-        texts = (model_input(subject, new_text) for subject, new_text in items)
-        return [decide(doc.cats, self.rule)
-                for doc in self.nlp.pipe(texts, batch_size=PIPE_BATCH_SIZE)]
-
-    def scores_many(self, texts: Iterable[str]) -> list[dict[str, float]]:
-        """Raw scores for texts that already went through ``model_input`` (threshold tuning)."""
-        return [dict(doc.cats) for doc in self.nlp.pipe(texts, batch_size=PIPE_BATCH_SIZE)]
+        texts = [model_input(subject, new_text) for subject, new_text in items]
+        docs = self.nlp.pipe(texts, batch_size=PIPE_BATCH_SIZE)
+        return [decide(doc.cats, self.rule) if text.strip() else nothing_to_classify()
+                for text, doc in zip(texts, docs)]
 
 
 def load_decision_rule(model_dir: Path) -> DecisionRule:
