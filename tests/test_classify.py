@@ -217,3 +217,9 @@ def test_result_type_is_frozen() -> None:
     result = Classification(("other",), scores(other=0.9), False, False)
     with pytest.raises(AttributeError):
         result.labels = ("deletion",)  # type: ignore[misc]
+
+
+def test_empty_mail_is_other_for_a_human_to_review(shipped: Classifier) -> None:
+    result = shipped.classify("", "  \n ")
+    assert result.labels == ("other",)
+    assert result.needs_review
