@@ -71,6 +71,14 @@ def test_nothing_confident_needs_review_with_the_best_guess() -> None:
     assert result.labels == ("revision",)
 
 
+def test_a_label_that_passes_a_low_threshold_with_a_low_score_still_needs_review() -> None:
+    rule = DecisionRule({"other": 0.2}, review_below=0.5)
+    result = decide(scores(other=0.4), rule)
+    assert result.labels == ("other",)
+    assert result.needs_review
+    assert not decide(scores(other=0.6), rule).needs_review
+
+
 def test_close_call_when_the_top_two_are_within_the_margin_and_only_one_is_chosen() -> None:
     result = decide(scores(other=0.62, complaint=0.58), DecisionRule(close_call_margin=0.1))
     assert result.labels == ("other",)
@@ -98,11 +106,11 @@ def test_classification_to_dict_is_json_ready() -> None:
 
 
 def test_decision_rule_round_trips_through_a_dict() -> None:
-    rule = DecisionRule({"deletion": 0.3}, close_call_margin=0.07)
+    rule = DecisionRule({"deletion": 0.3}, close_call_margin=0.07, review_below=0.4)
     again = DecisionRule.from_dict(json.loads(json.dumps(rule.to_dict())))
     assert again.threshold("deletion") == 0.3
     assert again.threshold("other") == classify.DEFAULT_THRESHOLD
-    assert again.close_call_margin == 0.07
+    assert (again.close_call_margin, again.review_below) == (0.07, 0.4)
 
 
 # --- tokenizer --------------------------------------------------------------------------------
