@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from typing import Iterable
 
 EPOCH = date(2020, 1, 1)
@@ -97,7 +97,3 @@ _REDACT = re.compile(r"([A-Za-z0-9._%-]+)[+.](\d{1,9}-[0-9a-z]{1,6}-)[a-z2-7]{" 
 def redact(text: str) -> str:
     """Hide the MAC of any reply token in a log line (Zulip's redact_email_address)."""
     return _REDACT.sub(lambda m: f"{m.group(1)}+{m.group(2)}{'x' * 6}@", text)
-
-
-def today_utc() -> date:
-    return datetime.now(timezone.utc).date()

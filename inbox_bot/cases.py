@@ -12,7 +12,7 @@ from datetime import date, datetime, timezone
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import deadlines
@@ -237,7 +237,3 @@ def find_case(session: Session, ref: str) -> Case | None:
     """The case with this id, locked for changing it."""
     return session.execute(select(Case).where(Case.ref == ref.strip().upper())
                            .with_for_update()).scalar_one_or_none()
-
-
-def touch(session: Session, case_id: int) -> None:
-    session.execute(update(Case).where(Case.id == case_id).values(updated_at=utcnow()))

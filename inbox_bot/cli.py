@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -676,10 +675,6 @@ def reprocess(ctx: click.Context, ids: tuple[int, ...], all_held: bool, as_json:
             "sent": counts["sent"]}
     _emit(data, as_json, lambda: click.echo(
         f"reprocessed {len(queued)} message(s): {report.dispositions}; still held: {report.held}"))
-
-
-def entry() -> None:  # pragma: no cover
-    main()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from . import cases as case_ops
 from . import deadlines, outbox, reminders
 from .config import Config
-from .store import Case, LabelCorrection, Outbox, utcnow
+from .store import Case, LabelCorrection, Outbox
 
 logger = logging.getLogger(__name__)
 

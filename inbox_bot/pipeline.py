@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import cases as case_ops

@@ -9,7 +9,6 @@ import hashlib
 import logging
 import os
 import smtplib
-import socket
 import ssl
 from pathlib import Path
 from typing import Protocol
