@@ -72,14 +72,30 @@ def _insert_counter(session: Session, year: int) -> None:
                         .on_conflict_do_nothing(index_elements=["year"]))
 
 
-def _event_hash(prev_hash: str, case_ref: str, ev: CaseEvent) -> str:
+def _event_hash(prev_hash: str, case_ref: str, ev: Any) -> str:
     # What happened, to which case, when and by whom. Row ids of linked messages are
     # navigation, assigned only when the row is written, so they are not part of the hash.
+    return _hash_of(prev_hash, case_ref, ev.at, ev.actor, ev.kind, ev.reason, ev.old, ev.new)
+
+
+def _hash_of(prev_hash: str, case_ref: str, at: datetime, actor: str, kind: str, reason: str,
+             old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
     body = json.dumps({
-        "prev": prev_hash, "case": case_ref, "at": ev.at.astimezone(timezone.utc).isoformat(),
-        "actor": ev.actor, "kind": ev.kind, "reason": ev.reason, "old": ev.old, "new": ev.new,
+        "prev": prev_hash, "case": case_ref, "at": at.astimezone(timezone.utc).isoformat(),
+        "actor": actor, "kind": kind, "reason": reason, "old": old, "new": new,
     }, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def event_values(case_ref: str, prev_hash: str, kind: str, *, actor: str = BOT_ACTOR,
+                 reason: str = "", old: dict[str, Any] | None = None,
+                 new: dict[str, Any] | None = None, at: datetime | None = None) -> dict[str, Any]:
+    """The columns of the next event in a case's chain, its hash included (no database work)."""
+    at = (at or utcnow()).astimezone(timezone.utc).replace(microsecond=0)
+    old, new = _jsonable(old), _jsonable(new)
+    return {"at": at, "actor": actor, "kind": kind, "reason": reason, "old": old, "new": new,
+            "prev_hash": prev_hash,
+            "hash": _hash_of(prev_hash, case_ref, at, actor, kind, reason, old, new)}
 
 
 def record_event(session: Session, case: Case, kind: str, *, actor: str = BOT_ACTOR,
@@ -92,14 +108,13 @@ def record_event(session: Session, case: Case, kind: str, *, actor: str = BOT_AC
     The caller holds the case row: it created it in this transaction, or loaded it with
     ``lock_case`` / ``with_for_update``, so no other worker extends the same chain meanwhile.
     """
-    ev = CaseEvent(case=case, at=(at or utcnow()).astimezone(timezone.utc).replace(microsecond=0),
-                   actor=actor, kind=kind, reason=reason, old=_jsonable(old), new=_jsonable(new),
-                   inbound_id=inbound_id, outbox_id=outbox_id, prev_hash=case.audit_head or "")
+    ev = CaseEvent(case=case, inbound_id=inbound_id, outbox_id=outbox_id,
+                   **event_values(case.ref, case.audit_head or "", kind, actor=actor, reason=reason,
+                                  old=old, new=new, at=at))
     if inbound is not None:
         ev.inbound = inbound
     if outbox is not None:
         ev.outbox = outbox
-    ev.hash = _event_hash(ev.prev_hash, case.ref, ev)
     session.add(ev)
     case.audit_head = ev.hash
     case.event_count = (case.event_count or 0) + 1
@@ -164,28 +179,42 @@ def apply_dates(case: Case, dues: deadlines.DueDates) -> None:
     case.first_due_date = dues.due
 
 
-def open_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.Policy,
-              requester: str, requester_name: str, subject: str, language: str,
-              labels: list[str], scores: dict[str, float], needs_review: bool,
-              close_call: bool, received_at: datetime, thread_message_id: str | None,
-              inbound_id: int, linked_case_id: int | None = None) -> Case:
+def new_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.Policy,
+             requester: str, requester_name: str, subject: str, language: str,
+             labels: list[str], scores: dict[str, float], needs_review: bool,
+             close_call: bool, received_at: datetime, thread_message_id: str | None,
+             linked_case_id: int | None = None) -> Case:
+    """A case with its id, due dates and reminder schedule, not yet added to the session."""
     dues = compute_dates(received_at, labels, policy)
     ref = allocate_ref(session, prefix, received_at.astimezone(tz).year)
+    now = utcnow()
     case = Case(ref=ref, requester=requester, requester_name=requester_name[:200],
                 subject=subject[:500], language=language, labels=list(labels),
                 scores={k: round(float(v), 4) for k, v in scores.items()},
                 needs_review=needs_review, close_call=close_call, received_at=received_at,
-                thread_message_id=thread_message_id, status="new", linked_case_id=linked_case_id)
+                thread_message_id=thread_message_id, status="new", linked_case_id=linked_case_id,
+                created_at=now, updated_at=now, audit_head="", event_count=0)
     apply_dates(case, dues)
     from .reminders import schedule          # late import: reminders builds on cases
     schedule(case, policy, dues=dues)
+    return case
+
+
+def opened_event(case: Case) -> dict[str, Any]:
+    """Arguments of the first event of a case (shared by the ORM and the bulk path)."""
+    return {"reason": "new inquiry",
+            "new": {"labels": list(case.labels), "due_date": case.due_date, "status": "new",
+                    "needs_review": case.needs_review, "linked_case": case.linked_case_id}}
+
+
+def open_case(session: Session, *, inbound_id: int, **fields: Any) -> Case:
+    """Open a case through the ORM (see ``case_batch`` for many fresh cases at once)."""
+    case = new_case(session, **fields)
     session.add(case)
-    if thread_message_id:
-        remember_message_id(session, case, thread_message_id, "in")
-    record_event(session, case, "opened", reason="new inquiry", inbound_id=inbound_id,
-                 new={"labels": labels, "due_date": case.due_date, "status": "new",
-                      "needs_review": needs_review, "linked_case": linked_case_id})
-    logger.info("case %s opened: labels=%s due=%s", ref, ",".join(labels), case.due_date)
+    if case.thread_message_id:
+        remember_message_id(session, case, case.thread_message_id, "in")
+    record_event(session, case, "opened", inbound_id=inbound_id, **opened_event(case))
+    logger.info("case %s opened: labels=%s due=%s", case.ref, ",".join(case.labels), case.due_date)
     return case
 
 

@@ -253,6 +253,18 @@ def render(name: str, language: str, context: dict[str, Any]) -> tuple[str, str]
     return text, html
 
 
+def outbox_values(mail: OutgoingMail, *, case_id: int | None = None, inbound_id: int | None = None,
+                  dedupe_key: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The columns of a queued mail: rendered to bytes now, so every retry is the same mail."""
+    raw = mail.to_bytes()
+    now = now or utcnow()
+    return {"message_id": mail.message_id.strip("<>"), "kind": mail.kind, "dedupe_key": dedupe_key,
+            "case_id": case_id, "inbound_id": inbound_id, "recipient": mail.recipient,
+            "sender": mail.sender, "subject": clean_header(mail.subject, 250),
+            "template": mail.template, "raw": raw, "status": "queued", "attempts": 0,
+            "next_attempt_at": now, "created_at": now, "last_error": None, "sent_at": None}
+
+
 def enqueue(session: Session, mail: OutgoingMail, *, case_id: int | None = None,
             inbound_id: int | None = None, dedupe_key: str | None = None,
             now: datetime | None = None, case: Any = None, fresh: bool = False) -> Outbox:
@@ -265,12 +277,8 @@ def enqueue(session: Session, mail: OutgoingMail, *, case_id: int | None = None,
         existing = session.execute(select(Outbox).where(Outbox.dedupe_key == dedupe_key)).scalar_one_or_none()
         if existing is not None:
             return existing
-    raw = mail.to_bytes()
-    row = Outbox(message_id=mail.message_id.strip("<>"), kind=mail.kind, dedupe_key=dedupe_key,
-                 case_id=case_id, inbound_id=inbound_id, recipient=mail.recipient,
-                 sender=mail.sender, subject=clean_header(mail.subject, 250), template=mail.template,
-                 raw=raw, status="queued", next_attempt_at=now or utcnow(),
-                 created_at=now or utcnow())
+    row = Outbox(**outbox_values(mail, case_id=case_id, inbound_id=inbound_id,
+                                 dedupe_key=dedupe_key, now=now))
     if case is not None:
         row.case = case
     session.add(row)

@@ -22,11 +22,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from . import cases as case_ops
+from .case_batch import NewCaseBatch
 from . import lifecycle
 from . import outbox, screen as screening, staff
 from .config import Config
 from .parse import InboundMessage, parse
-from .route import route
+from .route import route, tag_pattern
 from .source import RawMail
 from .store import Case, InboundMessage as JournalRow, Outbox, Store, Suppression, SyncState, utcnow
 
@@ -200,6 +201,9 @@ class Intake:
                                      sender_budget=cfg.bot.sender_budget, global_budget=cfg.bot.global_budget)
         self._sync_states: dict[tuple[str, int], SyncState | None] = {}
         self._earlier = self._earlier_copies(s, rows)
+        # Fresh cases are written in bulk; the careful (one by one) pass uses the ORM.
+        self._new_cases = None if careful else NewCaseBatch()
+        self._tag = tag_pattern(cfg.bot.case_prefix)
         msgs = [m for m, _ in prepared if isinstance(m, InboundMessage)]
         self._budget.prefetch(m.sender for m in msgs)
         case_ops.prefetch_message_ids(s, (m.message_id for m in msgs if m.message_id))
@@ -220,9 +224,15 @@ class Intake:
                     self._hold(row, e, report)
             report.processed += 1
             report.count(row.disposition or "?")
+        self._flush_new_cases(s)
         if self._rejected:
             # One alert for the refused staff mails of this batch, in the same transaction.
             staff.alert_supervisor(s, cfg, self._rejected, now)
+
+    def _flush_new_cases(self, s: Session) -> None:
+        """Write the fresh cases held so far: what comes next may read them."""
+        if self._new_cases is not None:
+            self._new_cases.flush(s)
 
     def _earlier_copies(self, s: Session, rows: list[JournalRow]) -> dict[int, int]:
         """For each row, the id of an earlier journal row with the same bytes or Message-ID."""
@@ -271,6 +281,7 @@ class Intake:
             row.message_id = msg.message_id[:998]
 
         if row.id in self._earlier:
+            self._flush_new_cases(s)
             first = s.get(JournalRow, self._earlier[row.id])
             self._done(row, "screened", rule="duplicate", case=first.case if first else None)
             logger.info("message %d screened: duplicate of message %d", row.id, self._earlier[row.id])
@@ -282,16 +293,20 @@ class Intake:
         result = screening.screen(msg, ctx)
         if result.screened:
             if result.rule == "bounce":
+                self._flush_new_cases(s)
                 self._record_bounce(s, msg, row)
             self._done(row, "screened", rule=result.rule)
             logger.info("message %d screened by rule %s (%s)", row.id, result.rule, result.reason)
             return
 
         if staff.is_staff_mail(cfg, msg):
+            self._flush_new_cases(s)
             self._staff_mail(s, row, msg, now)
             return
 
         trivial = tuple(verdict.labels) == ("other",)
+        if msg.in_reply_to or msg.references or self._tag.search(msg.subject):
+            self._flush_new_cases(s)       # routing looks up the cases written so far
         decision = route(s, msg, prefix=cfg.bot.case_prefix, now=now,
                          reopen_days=cfg.bot.reopen_days, is_trivial=trivial)
         if decision.kind == "follow_up" and decision.case is not None:
@@ -304,13 +319,22 @@ class Intake:
             logger.info("message %d is a follow-up to %s (%s)", row.id, decision.case.ref, decision.how)
             return
 
-        case = case_ops.open_case(
-            s, prefix=cfg.bot.case_prefix, tz=cfg.tz, policy=self.policy, requester=msg.sender,
+        fields = dict(
+            prefix=cfg.bot.case_prefix, tz=cfg.tz, policy=self.policy, requester=msg.sender,
             requester_name=msg.sender_name, subject=msg.subject, language=msg.language,
             labels=list(verdict.labels), scores=dict(verdict.scores),
             needs_review=bool(verdict.needs_review), close_call=bool(getattr(verdict, "close_call", False)),
-            received_at=row.received_at, thread_message_id=msg.message_id, inbound_id=row.id,
+            received_at=row.received_at, thread_message_id=msg.message_id,
             linked_case_id=decision.linked_case.id if decision.linked_case else None)
+        if self._new_cases is not None:
+            case = case_ops.new_case(s, **fields)
+            item = self._new_cases.open(s, row, case)
+            self._done(row, "case_opened")
+            logger.info("case %s opened: labels=%s due=%s", case.ref, ",".join(case.labels), case.due_date)
+            report.cases_opened.append(case.ref)
+            self._acknowledge_new(s, item, msg, row, now)
+            return
+        case = case_ops.open_case(s, inbound_id=row.id, **fields)
         self._done(row, "case_opened", case=case)
         report.cases_opened.append(case.ref)
         self._acknowledge(s, case, msg, row, now)
@@ -354,18 +378,22 @@ class Intake:
                                           outbox=sent, reason="hard bounce" if hard else "bounce")
             logger.warning("outgoing %s bounced (%s)", sent.message_id, "hard" if hard else "soft")
 
-    def _acknowledge(self, s: Session, case: Case, msg: InboundMessage, row: JournalRow,
-                     now: datetime) -> None:
-        cfg = self.cfg
+    def _why_no_ack(self, case: Case) -> str | None:
         why_not = self._budget.check(case.requester)
         if not why_not and not case.requester.isascii():
             # An internationalised address needs SMTPUTF8 end to end; staff answer by hand.
             why_not = "non-ascii-address"
         if why_not:
-            case_ops.record_event(s, case, "ack_withheld", reason=why_not, inbound_id=row.id)
             logger.warning("case %s: acknowledgement withheld (%s)", case.ref, why_not)
+        return why_not
+
+    def _acknowledge(self, s: Session, case: Case, msg: InboundMessage, row: JournalRow,
+                     now: datetime) -> None:
+        why_not = self._why_no_ack(case)
+        if why_not:
+            case_ops.record_event(s, case, "ack_withheld", reason=why_not, inbound_id=row.id)
             return
-        mail = build_ack(cfg, case, msg)
+        mail = build_ack(self.cfg, case, msg)
         sent = outbox.enqueue(s, mail, case=case, inbound_id=row.id, dedupe_key=f"ack:case:{case.ref}",
                               now=now, fresh=True)
         self._budget.spend(case.requester)
@@ -374,6 +402,23 @@ class Intake:
                               new={"template": mail.template, "message_id": sent.message_id})
         case_ops.set_status(s, case, "acknowledged", reason="acknowledgement queued",
                             outbox=sent)
+
+    def _acknowledge_new(self, s: Session, item: Any, msg: InboundMessage, row: JournalRow,
+                         now: datetime) -> None:
+        """``_acknowledge`` for a case held by the bulk writer: the same rows and events."""
+        assert self._new_cases is not None
+        case = item.case
+        why_not = self._why_no_ack(case)
+        if why_not:
+            self._new_cases.event(item, "ack_withheld", reason=why_not, inbound=True)
+            return
+        mail = build_ack(self.cfg, case, msg)
+        values = outbox.outbox_values(mail, dedupe_key=f"ack:case:{case.ref}", now=now)
+        self._new_cases.queue(s, item, values)
+        self._budget.spend(case.requester)
+        self._new_cases.event(item, "ack_queued", outbox=True,
+                              new={"template": mail.template, "message_id": values["message_id"]})
+        self._new_cases.set_status(item, "acknowledged", reason="acknowledgement queued", outbox=True)
 
 
 def build_ack(cfg: Config, case: Case, msg: InboundMessage) -> outbox.OutgoingMail:

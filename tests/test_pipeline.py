@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mailbox
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -161,4 +162,99 @@ def test_ack_header_values_come_only_from_sanitised_input(tmp_path, db_url):
     assert rcpts == ["eve@example.net"]
     head = ack.split(b"\r\n\r\n", 1)[0]
     assert b"\r\nBcc:" not in head and b"\nBcc:" not in head
+    app.store.dispose()
+
+
+def _case_picture(app) -> list[tuple]:
+    """Everything a case batch writes, without row ids, wall-clock times and random ids."""
+    from inbox_bot.cases import verify_chain
+    from inbox_bot.store import CaseMessageId
+    skip = {"id", "created_at", "updated_at", "audit_head", "received_at"}   # times differ
+    out = []
+    with app.store.session() as s:
+        assert verify_chain(s) == []
+        for case in s.execute(select(Case).order_by(Case.ref)).scalars():
+            cols = {c.key: getattr(case, c.key) for c in Case.__table__.columns if c.key not in skip}
+            cols["due_rules"] = [r.split(":")[0] for r in case.due_rules]   # quote the receipt time
+            events = [(e.kind, e.actor, e.reason, e.old,
+                       {k: v for k, v in (e.new or {}).items() if k != "message_id"},
+                       e.inbound_id is not None, e.outbox_id is not None, e.prev_hash != "")
+                      for e in s.execute(select(CaseEvent).where(CaseEvent.case_id == case.id)
+                                         .order_by(CaseEvent.id)).scalars()]
+            mids = sorted(d for d in s.execute(select(CaseMessageId.direction)
+                                               .where(CaseMessageId.case_id == case.id)).scalars())
+            mails = [(o.kind, o.recipient, o.sender, o.subject, o.template, o.status, o.dedupe_key,
+                      o.inbound_id is not None)
+                     for o in s.execute(select(Outbox).where(Outbox.case_id == case.id)).scalars()]
+            journal = [(m.disposition, m.status, m.sender, m.language, m.labels)
+                       for m in case.messages]
+            out.append((cols, events, mids, mails, journal))
+    return out
+
+
+@contextmanager
+def _second_database(db_url: str, tmp_path: Path):
+    """Another empty store of the same kind as ``db_url``."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'second.sqlite3'}"
+        return
+    import psycopg
+    from tests.conftest import PG_ADMIN_URL
+    name = db_url.rsplit("/", 1)[1] + "_b"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield db_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_bulk_written_cases_are_the_same_rows_as_the_one_by_one_path(tmp_path, db_url, monkeypatch):
+    """The batch writer (case_batch) and the ORM path (open_case + _acknowledge) agree."""
+    import inbox_bot.pipeline as pipeline
+
+    def run(sub: str, url: str, bulk: bool):
+        if not bulk:
+            monkeypatch.setattr(pipeline, "NewCaseBatch", lambda: None)
+        (tmp_path / sub).mkdir()
+        app, transport, box = make_app(tmp_path / sub, url)
+        app.cfg = replace(app.cfg, bot=replace(app.cfg.bot, sender_budget=1))
+        app.intake.cfg = app.cfg
+        for inq in mailgen.twenty_inquiries():
+            deliver(box, inq.raw)
+        for i in range(2):      # the second of these is over the sender budget: ack withheld
+            deliver(box, mailgen._utf8("twice@example.net", "", f"Delete my data {i}",
+                                       "Please delete my data.", f"twice{i}@example.net"))
+        report = app.run_once()
+        monkeypatch.undo()
+        picture = _case_picture(app)
+        app.store.dispose()
+        return report, picture, len(transport.sent)
+
+    with _second_database(db_url, tmp_path) as other_url:
+        bulk_report, bulk, bulk_sent = run("bulk", db_url, True)
+        orm_report, orm, orm_sent = run("orm", other_url, False)
+    assert bulk_report.dispositions == orm_report.dispositions == {"case_opened": 22}
+    assert bulk_sent == orm_sent == 21
+    assert len(bulk) == 22 and bulk == orm
+    assert any(ev[0] == "ack_withheld" for _, events, *_ in bulk for ev in events)
+
+
+def test_a_second_mail_replying_to_an_inquiry_of_the_same_batch_joins_its_case(tmp_path, db_url):
+    app, transport, box = make_app(tmp_path, db_url)
+    first = mailgen._utf8("ann@example.net", "Ann", "Delete my account", "Please delete my account.",
+                          "first@example.net")
+    second = mailgen._utf8("ann@example.net", "Ann", "Re: Delete my account", "Also my newsletter data.",
+                           "second@example.net", In_Reply_To="<first@example.net>",
+                           References="<first@example.net>")
+    deliver(box, first)
+    deliver(box, second)
+    report = app.run_once()
+    assert report.dispositions == {"case_opened": 1, "follow_up": 1}
+    assert count(app, Case) == 1 and len(transport.sent) == 1
+    with app.store.session() as s:
+        case = s.execute(select(Case)).scalar_one()
+        assert sorted(m.disposition for m in case.messages) == ["case_opened", "follow_up"]
+        assert [e.kind for e in case.events] == ["opened", "ack_queued", "status", "follow_up"]
     app.store.dispose()
