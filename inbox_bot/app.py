@@ -59,18 +59,26 @@ class App:
     transport: Transport
     clock: Callable[[], datetime]
 
+    def start_workers(self) -> None:
+        """Fork the parse/classify processes (``bot.workers``); call before any thread starts."""
+        if self.intake.workers is None:
+            from .prepare import WorkerPool, default_processes
+            processes = default_processes(self.cfg.bot.workers)
+            if processes > 0:
+                self.intake.workers = WorkerPool(self.intake.classifier, processes)
+
+    def close(self) -> None:
+        if self.intake.workers is not None:
+            self.intake.workers.close()
+            self.intake.workers = None
+        self.store.dispose()
+
     def poll(self) -> Report:
         source = open_source(self.cfg)
         try:
-            report = self.intake.journal(source)
+            return self.intake.run_pass(source)
         finally:
             source.close()
-        processed = self.intake.process_pending()
-        report.processed = processed.processed
-        report.dispositions = processed.dispositions
-        report.cases_opened = processed.cases_opened
-        report.held = processed.held
-        return report
 
     def send(self, *, first_attempts_only: bool = False) -> dict[str, int]:
         return outbox.send_due(self.store.session, self.transport, now=self.clock(),
@@ -94,6 +102,7 @@ class App:
         """Poll, remind and send until nothing is due. While a long poll processes its
         batches, a second thread already sends the acknowledgements each batch committed,
         so SMTP round trips overlap with parsing and classification."""
+        self.start_workers()
         totals = {"sent": 0, "retry": 0, "failed": 0}
         stop = threading.Event()
 

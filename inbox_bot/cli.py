@@ -81,7 +81,7 @@ def run(ctx: click.Context, once: bool, as_json: bool, now: str | None) -> None:
             f"journaled {report.journaled}, processed {report.processed} {report.dispositions}, "
             f"cases opened {len(report.cases_opened)}, held {len(report.held)}, "
             f"mail sent {report.sent} (retry {report.send_retry}, failed {report.send_failed})"))
-        app.store.dispose()
+        app.close()
         return
     from .jobs import run_forever
     run_forever(app)
@@ -123,7 +123,7 @@ def demo(ctx: click.Context, workdir: str, as_json: bool) -> None:
         click.echo(f"Look at them: INBOX_BOT_DATABASE_URL=sqlite:///{base / 'inbox-bot.sqlite3'} "
                    "inbox-bot cases list")
     _emit(data, as_json, text)
-    app.store.dispose()
+    app.close()
 
 
 def seed_sample_mailbox(maildir: Path) -> int:

@@ -69,6 +69,7 @@ class BotConfig:
     global_budget: int = 500           # automatic mails in all per budget window
     budget_window_minutes: int = 60
     reopen_days: int = 30              # a reply to a closed case reopens it within this window
+    workers: int = -1                  # parse/classify processes; -1: one per CPU beyond the first
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,8 @@ def validate(cfg: Config) -> None:
         ZoneInfo(b.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"setting bot.timezone is not a known time zone: {b.timezone!r}") from None
+    if b.workers < -1:
+        raise ConfigError("setting bot.workers must be -1 (one per CPU beyond the first), 0 or more")
     for key in ("poll_interval", "send_interval"):
         if getattr(b, key) < 1:
             raise ConfigError(f"setting bot.{key} must be at least 1 second")

@@ -76,6 +76,7 @@ def run_forever(app: App, stop: threading.Event | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+    app.start_workers()                    # forks: before the scheduler's threads exist
     scheduler.start()
     logger.info("worker started: poll every %ss, send every %ss", app.cfg.bot.poll_interval,
                 app.cfg.bot.send_interval)
@@ -83,7 +84,7 @@ def run_forever(app: App, stop: threading.Event | None = None) -> None:
         stop.wait()
     finally:
         scheduler.shutdown(wait=True)      # lets a running job finish its transaction
-        app.store.dispose()
+        app.close()
         logger.info("worker stopped")
 
 

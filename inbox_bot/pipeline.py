@@ -14,6 +14,8 @@ import hashlib
 import logging
 import re
 import traceback
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
@@ -26,7 +28,8 @@ from .case_batch import NewCaseBatch
 from . import lifecycle
 from . import outbox, screen as screening, staff
 from .config import Config
-from .parse import InboundMessage, parse
+from .parse import InboundMessage
+from .prepare import Prepared, WorkerPool, prepare
 from .route import route, tag_pattern
 from .source import RawMail
 from .store import Case, InboundMessage as JournalRow, Outbox, Store, Suppression, SyncState, utcnow
@@ -71,10 +74,52 @@ class Intake:
     classifier: Any                      # classify.Classifier (loaded lazily by the caller)
     policy: Any                          # deadlines.Policy
     clock: Callable[[], datetime] = utcnow
+    workers: WorkerPool | None = None    # parse+classify on other cores; None: inline
+    batch_size: int = 100                # messages per processing transaction
+    lookahead: int = 2                   # batches handed to the workers ahead of the writer
+
+    # -- one pass ----------------------------------------------------------------------------
+    def run_pass(self, source: Any) -> Report:
+        """Journal what the source has and process it, overlapping the steps: while this
+        process fetches and writes, the workers already parse and classify what was
+        journaled before. Then whatever else waits in the journal (earlier runs, reprocess)."""
+        report = Report()
+        ahead: deque[tuple[list[int], Future[list[Prepared]] | None]] = deque()
+
+        def journaled(items: list[tuple[int, bytes]]) -> None:
+            for i in range(0, len(items), self.batch_size):
+                chunk = items[i:i + self.batch_size]
+                future = self.workers.submit([raw for _, raw in chunk]) if self.workers else None
+                ahead.append(([rid for rid, _ in chunk], future))
+            while len(ahead) > (self.lookahead if self.workers else 0):
+                self._process_ids(*ahead.popleft(), report)
+
+        report.merge(self.journal(source, on_journaled=journaled))
+        while ahead:
+            self._process_ids(*ahead.popleft(), report)
+        report.merge(self.process_pending())
+        return report
+
+    def _process_ids(self, ids: list[int], future: Future[list[Prepared]] | None,
+                     report: Report) -> None:
+        ready: dict[int, Prepared] = {}
+        if future is not None:
+            try:
+                ready = dict(zip(ids, future.result()))
+            except Exception:
+                logger.exception("worker failed on a batch; preparing it here")
+        with self.store.session() as s, s.begin():
+            rows = self._claim(s, ids, len(ids))
+            if rows:
+                missing = [r for r in rows if r.id not in ready]
+                ready.update(zip((r.id for r in missing), prepare(self.classifier, [r.raw for r in missing])))
+                self._process_rows(s, rows, [ready[r.id] for r in rows], report)
 
     # -- journal -----------------------------------------------------------------------------
-    def journal(self, source: Any) -> Report:
-        """Fetch what the source has and store the raw bytes; then let the source move them."""
+    def journal(self, source: Any,
+                on_journaled: Callable[[list[tuple[int, bytes]]], None] | None = None) -> Report:
+        """Fetch what the source has and store the raw bytes; then let the source move them.
+        ``on_journaled`` gets the (row id, bytes) of each committed batch."""
         report = Report()
         known: dict[tuple[str, int], set[str]] = {}
 
@@ -101,13 +146,14 @@ class Intake:
         for raw in source.fetch_new(skip=skip, **watermark):
             batch.append(raw)
             if len(batch) >= batch_size:
-                self._journal_batch(source, batch, report)
+                self._journal_batch(source, batch, report, on_journaled)
                 batch = []
         if batch:
-            self._journal_batch(source, batch, report)
+            self._journal_batch(source, batch, report, on_journaled)
         return report
 
-    def _journal_batch(self, source: Any, batch: list[RawMail], report: Report) -> None:
+    def _journal_batch(self, source: Any, batch: list[RawMail], report: Report,
+                       on_journaled: Callable[[list[tuple[int, bytes]]], None] | None) -> None:
         now = self.clock()
         with self.store.session() as s, s.begin():
             for raw in batch:
@@ -126,73 +172,59 @@ class Intake:
                      "fetched_at": now, "status": "received", "attempts": 0} for raw in batch]
             # One statement per chunk; a message already journaled (same mailbox,
             # UIDVALIDITY and UID) is skipped by the unique constraint, never doubled.
-            inserted = 0
+            inserted: list[tuple[int, bytes]] = []
+            by_uid = {raw.uid: raw.raw for raw in batch}
             for i in range(0, len(rows), 200):
                 stmt = _insert(s)(JournalRow).values(rows[i:i + 200]).on_conflict_do_nothing(
-                    index_elements=["mailbox", "uidvalidity", "uid"]).returning(JournalRow.id)
-                inserted += len(s.execute(stmt).all())
-            report.journaled += inserted
-            report.already_journaled += len(rows) - inserted
+                    index_elements=["mailbox", "uidvalidity", "uid"]).returning(JournalRow.id, JournalRow.uid)
+                inserted += [(rid, by_uid[uid]) for rid, uid in s.execute(stmt).all()]
+            inserted.sort()
+            report.journaled += len(inserted)
+            report.already_journaled += len(rows) - len(inserted)
         # Only now, with the bytes committed, may the message leave the inbox.
         source.mark_processed([raw.uid for raw in batch])
         logger.info("journaled %d message(s) from %s", len(batch), batch[0].mailbox)
+        if on_journaled is not None and inserted:
+            on_journaled(inserted)
 
     # -- process -----------------------------------------------------------------------------
-    def process_pending(self, *, batch_size: int = 100, ids: Iterable[int] | None = None) -> Report:
+    def process_pending(self, *, batch_size: int | None = None, ids: Iterable[int] | None = None) -> Report:
+        """Process what waits in the journal, ``batch_size`` messages per transaction."""
         report = Report()
         wanted = list(ids) if ids is not None else None
         while True:
             with self.store.session() as s, s.begin():
-                q = select(JournalRow).where(JournalRow.status == "received").order_by(JournalRow.id)
-                if wanted is not None:
-                    q = q.where(JournalRow.id.in_(wanted))
-                # Several workers on PostgreSQL each take their own rows.
-                rows = list(s.execute(q.limit(batch_size).with_for_update(skip_locked=True)).scalars())
+                rows = self._claim(s, wanted, batch_size or self.batch_size)
                 if not rows:
                     break
-                prepared = self._prepare(rows)
-                fast = Report()
-                try:
-                    # Optimistic: the whole batch in one savepoint, written in one flush.
-                    with s.begin_nested():
-                        self._process_batch(s, rows, prepared, fast, careful=False)
-                except Exception:
-                    # Something failed: redo the batch message by message, each in its own
-                    # savepoint, so that only the failing message is held.
-                    logger.info("batch of %d failed as a whole; processing one by one", len(rows))
-                    case_ops.forget_batch_state(s)
-                    fast = Report()
-                    self._process_batch(s, rows, prepared, fast, careful=True)
-                report.merge(fast)
+                self._process_rows(s, rows, prepare(self.classifier, [r.raw for r in rows]), report)
         return report
 
-    def _prepare(self, rows: list[JournalRow]) -> list[tuple[InboundMessage | Exception, Any]]:
-        """Parse and classify a batch (no database work): the CPU-heavy part, done once."""
-        parsed: list[InboundMessage | Exception] = []
-        for row in rows:
-            try:
-                parsed.append(parse(row.raw))
-            except Exception as e:  # parse should never raise; hold the message if it does
-                parsed.append(e)
-        good = [m for m in parsed if isinstance(m, InboundMessage)]
+    def _claim(self, s: Session, ids: list[int] | None, limit: int) -> list[JournalRow]:
+        q = select(JournalRow).where(JournalRow.status == "received").order_by(JournalRow.id)
+        if ids is not None:
+            q = q.where(JournalRow.id.in_(ids))
+        # Several workers on PostgreSQL each take their own rows.
+        return list(s.execute(q.limit(limit).with_for_update(skip_locked=True)).scalars())
+
+    def _process_rows(self, s: Session, rows: list[JournalRow], prepared: list[Prepared],
+                      report: Report) -> None:
+        fast = Report()
         try:
-            verdicts = iter(self.classifier.classify_many([(m.subject, m.new_text) for m in good]))
-            return [(m, next(verdicts) if isinstance(m, InboundMessage) else None) for m in parsed]
+            # Optimistic: the whole batch in one savepoint, written in one flush.
+            with s.begin_nested():
+                self._process_batch(s, rows, prepared, fast, careful=False)
         except Exception:
-            logger.exception("batch classification failed; classifying one by one")
-        out: list[tuple[InboundMessage | Exception, Any]] = []
-        for m in parsed:
-            if isinstance(m, Exception):
-                out.append((m, None))
-                continue
-            try:
-                out.append((m, self.classifier.classify(m.subject, m.new_text)))
-            except Exception as e:
-                out.append((e, None))
-        return out
+            # Something failed: redo the batch message by message, each in its own
+            # savepoint, so that only the failing message is held.
+            logger.info("batch of %d failed as a whole; processing one by one", len(rows))
+            case_ops.forget_batch_state(s)
+            fast = Report()
+            self._process_batch(s, rows, prepared, fast, careful=True)
+        report.merge(fast)
 
     def _process_batch(self, s: Session, rows: list[JournalRow],
-                       prepared: list[tuple[InboundMessage | Exception, Any]], report: Report, *,
+                       prepared: list[Prepared], report: Report, *,
                        careful: bool) -> None:
         cfg = self.cfg
         now = self.clock()

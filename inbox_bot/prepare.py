@@ -1,0 +1,109 @@
+"""Parse and classify: the CPU-heavy step of the intake, with no database work.
+
+It runs inline, or in worker processes on the other cores while the main process writes the
+previous batch (``WorkerPool``). The workers are forked once the classifier and the language
+models are loaded, so they share those pages with the main process (copy-on-write) rather
+than loading copies of their own.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from . import language
+from .parse import InboundMessage, parse
+
+logger = logging.getLogger(__name__)
+
+Prepared = tuple["InboundMessage | Exception", Any]     # (message or why not, classification)
+
+
+class PrepareError(Exception):
+    """What went wrong in a worker, as text (any exception can cross the process boundary)."""
+
+
+def prepare(classifier: Any, raws: list[bytes]) -> list[Prepared]:
+    """Parse and classify a batch; a failure is returned in place of its message."""
+    parsed: list[InboundMessage | Exception] = []
+    for raw in raws:
+        try:
+            parsed.append(parse(raw))
+        except Exception as e:  # parse should never raise; the message is held if it does
+            parsed.append(e)
+    good = [m for m in parsed if isinstance(m, InboundMessage)]
+    try:
+        verdicts = iter(classifier.classify_many([(m.subject, m.new_text) for m in good]))
+        return [(m, next(verdicts) if isinstance(m, InboundMessage) else None) for m in parsed]
+    except Exception:
+        logger.exception("batch classification failed; classifying one by one")
+    out: list[Prepared] = []
+    for m in parsed:
+        if isinstance(m, Exception):
+            out.append((m, None))
+            continue
+        try:
+            out.append((m, classifier.classify(m.subject, m.new_text)))
+        except Exception as e:
+            out.append((e, None))
+    return out
+
+
+def default_processes(setting: int) -> int:
+    """``bot.workers``: -1 means one per CPU beyond the first (none on a single CPU)."""
+    if setting >= 0:
+        return setting
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:                       # not Linux
+        cpus = os.cpu_count() or 1
+    return max(cpus - 1, 0)
+
+
+_classifier: Any = None          # set in the parent before the fork; the workers inherit it
+
+
+def _work(raws: list[bytes]) -> list[Prepared]:
+    return [(PrepareError(f"{type(m).__name__}: {m}") if isinstance(m, Exception) else m, v)
+            for m, v in prepare(_classifier, raws)]
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _init_worker(parent: int) -> None:
+    # Ctrl-C and SIGTERM are the parent's to handle; the parent closes the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:     # a parent killed with SIGKILL cannot close the pool: die with it (Linux)
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+class WorkerPool:
+    """Processes that parse and classify batches; create it before starting any thread."""
+
+    def __init__(self, classifier: Any, processes: int) -> None:
+        global _classifier
+        _classifier = classifier
+        language.warm_up()        # loaded before the fork: shared by every worker
+        self.processes = processes
+        self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_init_worker, initargs=(os.getpid(),))
+        # The fork happens on the first submit: do it now, while this is the only thread.
+        pids = {self._executor.submit(_ready).result() for _ in range(processes)}
+        logger.info("%d parse/classify worker process(es) started", len(pids))
+
+    def submit(self, raws: list[bytes]) -> Future[list[Prepared]]:
+        return self._executor.submit(_work, raws)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
