@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import ssl
 import threading
 from dataclasses import dataclass
@@ -100,36 +101,137 @@ class App:
 
     def run_once(self) -> Report:
         """Poll, remind and send until nothing is due. While a long poll processes its
-        batches, a second thread already sends the acknowledgements each batch committed,
-        so SMTP round trips overlap with parsing and classification."""
-        self.start_workers()
+        batches, a second sender already delivers the acknowledgements each batch committed,
+        so SMTP round trips overlap with parsing and writing. The sender is a forked process
+        (its own interpreter, so it does not compete for this one's lock) when there is a
+        CPU to spare and the transport works from another process; else a thread."""
         totals = {"sent": 0, "retry": 0, "failed": 0}
-        stop = threading.Event()
-
-        def add(counts: dict[str, int]) -> None:
-            for k, v in counts.items():
-                totals[k] += v
-
-        def sender() -> None:
-            while not stop.is_set():
-                try:
-                    add(self.send(first_attempts_only=True))
-                except Exception:
-                    logger.exception("sending beside the poll failed; the final send retries")
-                    return
-                stop.wait(0.2)
-
-        thread = threading.Thread(target=sender, name="outbox-sender", daemon=True)
-        thread.start()
+        use_process = getattr(self.transport, "shareable", False) and self._spare_cpu()
+        # Fork first: the sender must not inherit the worker pool's threads.
+        sender: _SenderThread | _SenderProcess = _SenderProcess(self) if use_process else _SenderThread(self)
+        self.start_workers()
+        if isinstance(sender, _SenderProcess):
+            self.intake.in_batch = sender.record       # "sent" rides on the batch transactions
         try:
             report = self.poll()
             self.remind()
         finally:
-            stop.set()
-            thread.join()
-        add(self.send())
+            self.intake.in_batch = None
+            for k, v in sender.stop().items():
+                totals[k] += v
+        for k, v in self.send().items():
+            totals[k] += v
         report.sent, report.send_retry, report.send_failed = totals["sent"], totals["retry"], totals["failed"]
         return report
+
+    def _spare_cpu(self) -> bool:
+        from .prepare import default_processes
+        return default_processes(-1) > 0 and self.cfg.bot.workers != 0
+
+
+class _SenderThread:
+    """First attempts of whatever is queued, every 0.2 s, until stopped."""
+
+    def __init__(self, app: App) -> None:
+        self._stop = threading.Event()
+        self._totals = {"sent": 0, "retry": 0, "failed": 0}
+        self._thread = threading.Thread(target=self._run, args=(app,), name="outbox-sender", daemon=True)
+        self._thread.start()
+
+    def _run(self, app: App) -> None:
+        while not self._stop.is_set():
+            try:
+                counts = app.send(first_attempts_only=True)
+            except Exception:
+                logger.exception("sending beside the poll failed; the final send retries")
+                return
+            for k, v in counts.items():
+                self._totals[k] += v
+            self._stop.wait(0.2)
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join()
+        return self._totals
+
+
+class _SenderProcess:
+    """A forked process that sends the first attempt of each queued mail and reports what
+    the server accepted through a pipe. It never writes to the database: on SQLite it would
+    wait for the intake's write lock. This process records "sent" in its own transactions
+    (``record``, called at the start of each batch) and, when the sender stops, for the rest.
+
+    Failures are not reported: those mails stay queued for the final ``send``, which owns
+    retries and backoff. A crash of this process between the server's acceptance and the
+    recording re-sends those few mails on the next run with their same Message-ID."""
+
+    def __init__(self, app: App) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._stop = ctx.Event()
+        self._results, child_end = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=_sender_main, args=(app, self._stop, child_end),
+                                    name="outbox-sender", daemon=True)
+        self._process.start()
+        child_end.close()
+        self._app = app
+        self._sent = 0
+        self._done = False
+
+    def _drain(self, wait: float = 0.0) -> list[tuple[int, datetime]]:
+        got: list[tuple[int, datetime]] = []
+        try:
+            while not self._done and self._results.poll(wait):
+                item = self._results.recv()
+                if item is None:
+                    self._done = True
+                else:
+                    got += item
+        except (EOFError, OSError):
+            self._done = True
+        return got
+
+    def record(self, session: Any) -> None:
+        sent = self._drain()
+        if sent:
+            outbox.record_sent(session, sent)
+            self._sent += len(sent)
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        sent: list[tuple[int, datetime]] = []
+        while not self._done:
+            sent += self._drain(wait=60)
+            if not self._process.is_alive() and not self._results.poll():
+                break
+        self._process.join(30)
+        if self._process.is_alive():
+            logger.error("outbox sender did not stop; killing it")
+            self._process.kill()
+            self._process.join()
+        elif self._process.exitcode:
+            logger.error("outbox sender exited with status %s", self._process.exitcode)
+        if sent:
+            with self._app.store.session() as s, s.begin():
+                outbox.record_sent(s, sent)
+            self._sent += len(sent)
+        return {"sent": self._sent, "retry": 0, "failed": 0}
+
+
+def _sender_main(app: App, stop: Any, results: Any) -> None:
+    """The forked sender: its own database connections (read only), never the parent's."""
+    import signal
+    from .prepare import die_with_parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    app.store.engine.dispose(close=False)
+    try:
+        outbox.send_first_attempts(app.store.session, app.transport, stop=stop, now=app.clock,
+                                   report=results.send)
+    except Exception:
+        logger.exception("sending beside the poll failed; the final send retries")
+    finally:
+        results.send(None)
+        app.store.engine.dispose()
 
 
 def build_app(cfg: Config, *, clock: Callable[[], datetime] = utcnow, classifier: Any = None,

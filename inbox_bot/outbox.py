@@ -20,10 +20,10 @@ from email.utils import format_datetime
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jinja2
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from .store import Outbox, Suppression, utcnow
@@ -380,6 +380,71 @@ def send_due(session_factory: Any, transport: Transport, *, now: datetime, max_a
         if not _send_batch(session_factory, transport, ids, now=now, max_attempts=max_attempts,
                            retry_base=retry_base, counts=counts):
             return counts              # the transport is down: the rest waits for its retry
+
+
+def send_first_attempts(session_factory: Any, transport: Transport, *, stop: Any,
+                        now: Callable[[], datetime],
+                        report: Callable[[list[tuple[int, datetime]]], None], chunk: int = 20) -> None:
+    """Send the first attempt of each queued mail, once, until ``stop`` is set and none is
+    left; report ``(row id, time)`` of each mail the server accepted, ``chunk`` at a time.
+
+    Writes nothing: the caller records what was reported (``record_sent``). A failure ends
+    nothing but that mail's first attempt: the mail stays queued for ``send_due``, which owns
+    retries. A lost connection ends the loop."""
+    after = 0
+    opened = False
+    try:
+        while True:
+            stopping = stop.is_set()
+            with session_factory() as session:
+                rows = session.execute(
+                    select(Outbox.id, Outbox.sender, Outbox.recipient, Outbox.raw)
+                    .where(Outbox.status == "queued", Outbox.attempts == 0,
+                           Outbox.next_attempt_at <= now(), Outbox.id > after)
+                    .order_by(Outbox.id).limit(200)).all()
+            if not rows:
+                if stopping:
+                    return
+                stop.wait(0.1)
+                continue
+            if not opened:
+                try:
+                    transport.open()
+                except TransportError as e:
+                    logger.warning("outbox: transport unavailable: %s", e)
+                    return
+                opened = True
+            sent: list[tuple[int, datetime]] = []
+            for row in rows:
+                after = row.id
+                try:
+                    transport.send(row.sender, [row.recipient], row.raw)
+                except TransportError as e:
+                    logger.warning("outbox: first attempt of mail %d failed: %s", row.id, e)
+                    if e.connection_lost:
+                        report(sent)
+                        return
+                    continue
+                sent.append((row.id, now()))
+                if len(sent) >= chunk:
+                    report(sent)
+                    sent = []
+            report(sent)
+    finally:
+        if opened:
+            transport.close()
+
+
+def record_sent(session: Session, sent: list[tuple[int, datetime]]) -> None:
+    """Mark mails the server accepted (as reported by ``send_first_attempts``) as sent."""
+    if not sent:
+        return
+    table = Outbox.__table__
+    session.connection().execute(
+        update(table).where(table.c.id == bindparam("oid"), table.c.status == "queued")
+        .values(status="sent", sent_at=bindparam("at"), attempts=table.c.attempts + 1, last_error=None),
+        [{"oid": oid, "at": at} for oid, at in sent])
+    logger.info("outbox: %d mail(s) sent", len(sent))
 
 
 def _send_batch(session_factory: Any, transport: Transport, ids: list[int], *, now: datetime,

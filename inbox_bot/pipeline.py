@@ -77,6 +77,7 @@ class Intake:
     workers: WorkerPool | None = None    # parse+classify on other cores; None: inline
     batch_size: int = 100                # messages per processing transaction
     lookahead: int = 2                   # batches handed to the workers ahead of the writer
+    in_batch: Callable[[Session], None] | None = None   # extra writes for each batch transaction
 
     # -- one pass ----------------------------------------------------------------------------
     def run_pass(self, source: Any) -> Report:
@@ -109,6 +110,8 @@ class Intake:
             except Exception:
                 logger.exception("worker failed on a batch; preparing it here")
         with self.store.session() as s, s.begin():
+            if self.in_batch is not None:
+                self.in_batch(s)
             rows = self._claim(s, ids, len(ids))
             if rows:
                 missing = [r for r in rows if r.id not in ready]

@@ -79,13 +79,18 @@ def _init_worker(parent: int) -> None:
     # Ctrl-C and SIGTERM are the parent's to handle; the parent closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:     # a parent killed with SIGKILL cannot close the pool: die with it (Linux)
+    die_with_parent()
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def die_with_parent() -> None:
+    """A parent killed with SIGKILL cannot stop its children: have the kernel do it (Linux)."""
+    try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
     except Exception:
         pass
-    if os.getppid() != parent:
-        os._exit(0)
 
 
 class WorkerPool:

@@ -30,6 +30,7 @@ class Transport(Protocol):
 
 
 class SmtpTransport:
+    shareable = True          # works from a forked process (see App.run_once)
     def __init__(self, host: str, port: int = 0, *, security: str = "starttls", username: str = "",
                  password: str = "", timeout: float = 30.0, ca_file: str = "",
                  local_hostname: str | None = None) -> None:
@@ -103,6 +104,8 @@ def _all_5xx(refused: dict) -> bool:
 
 class FileTransport:
     """Writes each mail to ``<dir>/<sha1 of Message-ID>.eml`` (idempotent on retry)."""
+
+    shareable = True
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
