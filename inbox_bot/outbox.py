@@ -70,6 +70,7 @@ def clean_msgid(value: str | None) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1)
 def templates_dir() -> Path:
     """Templates from the installed package, else from the checkout."""
     packaged = resources.files("inbox_bot") / "templates"
@@ -92,6 +93,7 @@ def label_phrases(path: str) -> dict[str, dict[str, str]]:
     return tomllib.loads((Path(path) / "labels.toml").read_text(encoding="utf-8"))
 
 
+@lru_cache(maxsize=256)
 def template_language(name: str, language: str) -> str:
     base = templates_dir()
     if (base / f"{name}.{language}.txt.j2").is_file():
@@ -220,13 +222,16 @@ def _address_header(name: str, address: str) -> str:
     return formataddr((clean_header(name, 80), address), charset="utf-8")
 
 
+_NON_ASCII = bytes(range(128, 256))
+
+
 def _text_part(text: str, subtype: str) -> str:
     """Headers and body of a UTF-8 text part: quoted-printable for mostly-Latin text, base64
     (a third the size) for Japanese."""
     import base64
     import quopri
     data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
-    if sum(c < 128 for c in data) > 0.7 * max(len(data), 1):
+    if len(data.translate(None, _NON_ASCII)) > 0.7 * max(len(data), 1):
         cte = "quoted-printable"
         encoded = quopri.encodestring(data).decode("ascii").replace("\r\n", "\n").replace("\n", "\r\n")
     else:

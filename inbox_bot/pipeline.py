@@ -173,14 +173,14 @@ class Intake:
                      "sha256": hashlib.sha256(raw.raw).hexdigest(), "size": len(raw.raw),
                      "raw": raw.raw, "received_at": raw.received_at, "received_source": "internaldate",
                      "fetched_at": now, "status": "received", "attempts": 0} for raw in batch]
-            # One statement per chunk; a message already journaled (same mailbox,
+            # One executemany; a message already journaled (same mailbox,
             # UIDVALIDITY and UID) is skipped by the unique constraint, never doubled.
             inserted: list[tuple[int, bytes]] = []
             by_uid = {raw.uid: raw.raw for raw in batch}
-            for i in range(0, len(rows), 200):
-                stmt = _insert(s)(JournalRow).values(rows[i:i + 200]).on_conflict_do_nothing(
-                    index_elements=["mailbox", "uidvalidity", "uid"]).returning(JournalRow.id, JournalRow.uid)
-                inserted += [(rid, by_uid[uid]) for rid, uid in s.execute(stmt).all()]
+            table = JournalRow.__table__
+            stmt = _insert(s)(table).on_conflict_do_nothing(
+                index_elements=["mailbox", "uidvalidity", "uid"]).returning(table.c.id, table.c.uid)
+            inserted += [(rid, by_uid[uid]) for rid, uid in s.connection().execute(stmt, rows).all()]
             inserted.sort()
             report.journaled += len(inserted)
             report.already_journaled += len(rows) - len(inserted)
