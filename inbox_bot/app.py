@@ -225,7 +225,9 @@ def _sender_main(app: App, stop: Any, results: Any) -> None:
     die_with_parent()
     app.store.engine.dispose(close=False)
     try:
-        outbox.send_first_attempts(app.store.session, app.transport, stop=stop, now=app.clock,
+        fresh = getattr(app.transport, "fresh", None)
+        transports = [fresh() for _ in range(app.cfg.smtp.connections)] if fresh else [app.transport]
+        outbox.send_first_attempts(app.store.session, transports, stop=stop, now=app.clock,
                                    report=results.send)
     except Exception:
         logger.exception("sending beside the poll failed; the final send retries")

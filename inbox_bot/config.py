@@ -54,6 +54,7 @@ class SmtpConfig:
     outbox_dir: str = "var/outbox"     # file transport
     max_attempts: int = 12
     retry_base_seconds: float = 30.0
+    connections: int = 4               # parallel connections while a long poll runs
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"setting smtp.transport must be 'smtp' or 'file', got {s.transport!r}")
     if s.transport == "smtp" and not s.host:
         raise ConfigError("setting smtp.host is required when smtp.transport = 'smtp'")
+    if s.connections < 1:
+        raise ConfigError("setting smtp.connections must be at least 1")
     if s.security not in SECURITY_MODES:
         raise ConfigError(f"setting smtp.security must be one of {SECURITY_MODES}, got {s.security!r}")
     if s.username and not (s.password or s.password_file):

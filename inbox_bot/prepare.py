@@ -7,6 +7,7 @@ than loading copies of their own.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -100,6 +101,10 @@ class WorkerPool:
         global _classifier
         _classifier = classifier
         language.warm_up()        # loaded before the fork: shared by every worker
+        # Everything loaded so far lives as long as the process: keep the collector off it,
+        # in here and in the workers (a collection would also touch, and so copy, every
+        # shared page).
+        gc.freeze()
         self.processes = processes
         self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
                                              initializer=_init_worker, initargs=(os.getpid(),))

@@ -44,6 +44,12 @@ class SmtpTransport:
         # Certificates are always verified; a private CA can be added for self-hosted relays.
         return ssl.create_default_context(cafile=self.ca_file or None)
 
+    def fresh(self) -> "SmtpTransport":
+        """The same settings, its own connection (one per sending thread)."""
+        return SmtpTransport(self.host, self.port, security=self.security, username=self.username,
+                             password=self.password, timeout=self.timeout, ca_file=self.ca_file,
+                             local_hostname=self.local_hostname)
+
     def open(self) -> None:
         if self._conn is not None:
             return
