@@ -166,16 +166,22 @@ def test_smtp_down_queues_acks_and_delivers_each_once_when_back(tmp_path, doveco
 
 
 def test_sigkill_during_a_run_never_doubles_or_loses_a_message(tmp_path, dovecot_user, smtp_server):
-    n = 200
+    n = 600
     inquiries = [mailgen.english(1000 + i) for i in range(n)]
     dovecot_user.server.append_many(dovecot_user.username, "INBOX", [q.raw for q in inquiries])
-    config = write_config(tmp_path, dovecot_user, smtp_server)
+    config = write_config(tmp_path, dovecot_user, smtp_server, global_budget=2 * n)
     cmd = [sys.executable, "-m", "inbox_bot.cli", "--config", str(config), "--log-level", "WARNING",
            "run", "--once"]
     kills = 0
-    for delay in (2.0, 2.6, 3.2, 3.8, 4.4):
+    # Kill points follow the run's progress, not the clock: once this run's first
+    # acknowledgement has arrived (cases written, more being processed and sent), then later.
+    for extra in (0.0, 0.1, 0.2, 0.35, 0.5):
+        before = len(smtp_server.messages)
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and len(smtp_server.messages) == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(extra)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
