@@ -109,6 +109,7 @@ class App:
         use_process = getattr(self.transport, "shareable", False) and self._spare_cpu()
         # Fork first: the sender must not inherit the worker pool's threads.
         sender: _SenderThread | _SenderProcess = _SenderProcess(self) if use_process else _SenderThread(self)
+        own_pool = self.intake.workers is None       # started here: stopped here too
         self.start_workers()
         if isinstance(sender, _SenderProcess):
             self.intake.in_batch = sender.record       # "sent" rides on the batch transactions
@@ -119,6 +120,9 @@ class App:
             self.intake.in_batch = None
             for k, v in sender.stop().items():
                 totals[k] += v
+            if own_pool and self.intake.workers is not None:
+                self.intake.workers.close()
+                self.intake.workers = None
         for k, v in self.send().items():
             totals[k] += v
         report.sent, report.send_retry, report.send_failed = totals["sent"], totals["retry"], totals["failed"]
@@ -238,9 +242,18 @@ def _sender_main(app: App, stop: Any, results: Any) -> None:
 
 def build_app(cfg: Config, *, clock: Callable[[], datetime] = utcnow, classifier: Any = None,
               transport: Transport | None = None) -> App:
+    warm_up = None
+    if classifier is None:
+        # The language models load beside the classifier (lingua builds them mostly outside
+        # the interpreter lock): a third off the start-up time.
+        from . import language
+        warm_up = threading.Thread(target=language.warm_up, name="language-models", daemon=True)
+        warm_up.start()
     store = open_store(cfg)
     policy = case_ops.policy_from(cfg.deadlines, cfg.bot.timezone)
     intake = Intake(cfg=cfg, store=store, classifier=classifier or load_classifier(cfg),
                     policy=policy, clock=clock)
+    if warm_up is not None:
+        warm_up.join()           # before anything forks
     return App(cfg=cfg, store=store, intake=intake, transport=transport or open_transport(cfg),
                clock=clock)

@@ -84,9 +84,12 @@ def templates_dir() -> Path:
 @lru_cache(maxsize=4)
 def environments(path: str) -> tuple[jinja2.Environment, jinja2.Environment]:
     loader = jinja2.FileSystemLoader(path)
+    # Templates ship with the package and do not change under a running worker: no stat()
+    # of the file on every render.
     text = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True)
-    html = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+                              keep_trailing_newline=True, auto_reload=False)
+    html = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
+                              auto_reload=False)
     return text, html
 
 

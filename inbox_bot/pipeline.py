@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from . import cases as case_ops
 from .case_batch import NewCaseBatch
@@ -112,7 +112,7 @@ class Intake:
         with self.store.session() as s, s.begin():
             if self.in_batch is not None:
                 self.in_batch(s)
-            rows = self._claim(s, ids, len(ids))
+            rows = self._claim(s, ids, len(ids), with_raw=not ready)
             if rows:
                 missing = [r for r in rows if r.id not in ready]
                 ready.update(zip((r.id for r in missing), prepare(self.classifier, [r.raw for r in missing])))
@@ -203,8 +203,11 @@ class Intake:
                 self._process_rows(s, rows, prepare(self.classifier, [r.raw for r in rows]), report)
         return report
 
-    def _claim(self, s: Session, ids: list[int] | None, limit: int) -> list[JournalRow]:
+    def _claim(self, s: Session, ids: list[int] | None, limit: int, *,
+               with_raw: bool = True) -> list[JournalRow]:
         q = select(JournalRow).where(JournalRow.status == "received").order_by(JournalRow.id)
+        if not with_raw:       # the workers already have the bytes: don't read them again
+            q = q.options(defer(JournalRow.raw))
         if ids is not None:
             q = q.where(JournalRow.id.in_(ids))
         # Several workers on PostgreSQL each take their own rows.

@@ -122,6 +122,15 @@ def test_a_staff_reply_is_relayed_threaded_from_the_inquiries_address_and_confir
         assert "staff_reply" in kinds and "note" in kinds
 
 
+def answer_to(w, address: str, message_id: str):
+    """The bot's answer to a staff mail (mail to staff arrives in no fixed order: reminders
+    and confirmations go out over parallel connections)."""
+    answers = [m for m in map(parsed, (r.raw for r in w.to_addr(address)))
+               if m["In-Reply-To"] == f"<{message_id}>"]
+    assert len(answers) == 1
+    return answers[0]
+
+
 def test_extend_by_mail_before_the_due_date_notifies_the_requester(world):
     w = world
     w.deliver(staff_mail(STAFF, reply_address(w), f"Re: [{w.case.ref}]",
@@ -133,7 +142,7 @@ def test_extend_by_mail_before_the_due_date_notifies_the_requester(world):
     with w.app.store.session() as s:
         case = s.get(Case, w.case.id)
         assert case.status == "extended" and case.due_date > w.case.due_date
-    assert "OK" in text_part(parsed(w.to_addr(STAFF)[0].raw))
+    assert "OK" in text_part(answer_to(w, STAFF, "staff2@ikaclo.example.jp"))
 
 
 def test_extend_by_mail_after_the_due_date_is_refused_and_explained(world):
@@ -145,7 +154,7 @@ def test_extend_by_mail_after_the_due_date_is_refused_and_explained(world):
                          "#extend Complex request across three systems\n", "staff3@ikaclo.example.jp"))
     w.run()
     w.smtp.wait_for(2, timeout=10)
-    body = text_part(parsed(w.to_addr(STAFF)[0].raw))
+    body = text_part(answer_to(w, STAFF, "staff3@ikaclo.example.jp"))
     assert "REFUSED" in body and "has passed" in body
     assert len(w.to_addr(w.inquiry.sender)) == 1          # only the original acknowledgement
     with w.app.store.session() as s:
