@@ -1,6 +1,7 @@
 """Composition root: builds the source, store, classifier, policy and transport from config."""
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import ssl
@@ -171,6 +172,7 @@ class _SenderProcess:
 
     def __init__(self, app: App) -> None:
         ctx = multiprocessing.get_context("fork")
+        gc.freeze()         # the collector must not touch (and so copy) the shared pages
         self._stop = ctx.Event()
         self._results, child_end = ctx.Pipe(duplex=False)
         self._process = ctx.Process(target=_sender_main, args=(app, self._stop, child_end),
