@@ -246,8 +246,8 @@ def build_app(cfg: Config, *, clock: Callable[[], datetime] = utcnow, classifier
               transport: Transport | None = None) -> App:
     warm_up = None
     if classifier is None:
-        # The language models load beside the classifier (lingua builds them mostly outside
-        # the interpreter lock): a third off the start-up time.
+        # The language model loads beside the classifier (numpy work, partly outside the
+        # interpreter lock): a fifth off the start-up time.
         from . import language
         warm_up = threading.Thread(target=language.warm_up, name="language-models", daemon=True)
         warm_up.start()
