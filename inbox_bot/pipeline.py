@@ -90,7 +90,7 @@ class Intake:
         def journaled(items: list[tuple[int, bytes]]) -> None:
             for i in range(0, len(items), self.batch_size):
                 chunk = items[i:i + self.batch_size]
-                future = self.workers.submit([raw for _, raw in chunk]) if self.workers else None
+                future = self._submit([raw for _, raw in chunk])
                 ahead.append(([rid for rid, _ in chunk], future))
             while len(ahead) > (self.lookahead if self.workers else 0):
                 self._process_ids(*ahead.popleft(), report)
@@ -100,6 +100,22 @@ class Intake:
             self._process_ids(*ahead.popleft(), report)
         report.merge(self.process_pending())
         return report
+
+    def _submit(self, raws: list[bytes]) -> Future[list[Prepared]] | None:
+        """Hand a batch to the workers; None (prepare it here) when there are none or the
+        pool broke, e.g. a worker was killed: that costs time, never a message."""
+        if self.workers is None:
+            return None
+        try:
+            return self.workers.submit(raws)
+        except Exception:
+            logger.exception("the worker pool is broken; parsing and classifying here from now on")
+            broken, self.workers = self.workers, None
+            try:
+                broken.close()
+            except Exception:
+                pass
+            return None
 
     def _process_ids(self, ids: list[int], future: Future[list[Prepared]] | None,
                      report: Report) -> None:

@@ -258,3 +258,53 @@ def test_a_second_mail_replying_to_an_inquiry_of_the_same_batch_joins_its_case(t
         assert sorted(m.disposition for m in case.messages) == ["case_opened", "follow_up"]
         assert [e.kind for e in case.events] == ["opened", "ack_queued", "status", "follow_up"]
     app.store.dispose()
+
+
+class CrashingInWorkers(KeywordClassifier):
+    """Kills the worker process that classifies a "CRASH" mail (never the main process)."""
+
+    def __init__(self, parent: int) -> None:
+        super().__init__()
+        self.parent = parent
+
+    def classify_many(self, items):
+        import os
+        if os.getpid() != self.parent and any("CRASH" in subject for subject, _ in items):
+            os._exit(1)
+        return super().classify_many(items)
+
+
+def test_a_worker_process_that_dies_costs_time_not_messages(tmp_path, db_url):
+    import os
+    app, transport, box = make_app(tmp_path, db_url, CrashingInWorkers(os.getpid()))
+    app.cfg = replace(app.cfg, bot=replace(app.cfg.bot, workers=1, global_budget=1000),
+                      mailbox=replace(app.cfg.mailbox, batch_size=50))
+    app.intake.cfg = app.cfg
+    app.intake.batch_size = 20
+    for i in range(120):
+        subject = "CRASH please delete my data" if i == 30 else f"Delete my data {i}"
+        deliver(box, mailgen._utf8(f"user{i}@example.net", "", subject, "Please delete my data.",
+                                   f"crash{i}@example.net"))
+    app.start_workers()
+    worker_pids = set(app.intake.workers._executor._processes)
+    report = app.run_once()
+    assert report.dispositions == {"case_opened": 120} and not report.held
+    assert count(app, Case) == 120 and len(transport.sent) == 120
+    assert app.intake.workers is None                # the broken pool was dropped
+    for pid in worker_pids:                           # and none of its processes lives on
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    app.close()
+
+
+def test_workers_and_one_process_give_the_same_dispositions(tmp_path, db_url):
+    app, transport, box = make_app(tmp_path, db_url)
+    app.cfg = replace(app.cfg, bot=replace(app.cfg.bot, workers=2))
+    app.intake.cfg = app.cfg
+    for inq in mailgen.twenty_inquiries():
+        deliver(box, inq.raw)
+    deliver(box, mailgen.machine_mail("auto-reply"))
+    report = app.run_once()
+    assert report.dispositions == {"case_opened": 20, "screened": 1}
+    assert app.intake.workers is None                # run_once stopped the pool it started
+    app.close()
