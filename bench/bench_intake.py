@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import pstats
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -148,6 +149,27 @@ class ChildRun:
     cpu_s: float = 0.0               # user+system of the bot and the children it reaped
     peak_tree_pss_mb: float = 0.0    # the whole process tree (bot, workers, sender), sampled
     tree_processes: int = 0
+
+
+def session_cpu(dovecot: Any) -> float:
+    """CPU seconds of the Dovecot instance: every process of its session, with the reaped
+    children of each (an imap process per connection ends with its connection)."""
+    from tests.servers import _session_pids
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _session_pids(dovecot._process.pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])      # utime stime cutime cstime
+    return total / ticks
+
+
+def _own_cpu() -> float:
+    """This process's CPU seconds: the aiosmtpd server thread (and the samplers)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class TreeMemory:
@@ -369,6 +391,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         e2e_dir = _subdir(work, "e2e")
         config = write_config(e2e_dir, account, smtp, **settings)
         peak_rss_mb: float | None
+        others_cpu: dict[str, float] = {}
         tree_pss_mb: float | None = None
         cpu_s: float | None = None
         top_functions = ""
@@ -377,7 +400,11 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
                                                                  args.profile, args.top)
             returncode, peak_rss_mb = 0, None   # in-process: RSS is the bench's, not the bot's
         else:
+            dovecot_cpu_before = session_cpu(dovecot)
+            bench_cpu_before = _own_cpu()
             child = run_child(config, env, args.log_level, args.timeout)
+            others_cpu = {"dovecot_cpu_s": round(session_cpu(dovecot) - dovecot_cpu_before, 2),
+                          "smtp_server_cpu_s": round(_own_cpu() - bench_cpu_before, 2)}
             seconds, report_json, returncode = child.seconds, child.stdout, child.returncode
             peak_rss_mb = child.peak_rss_mb
             tree_pss_mb, cpu_s = child.peak_tree_pss_mb, child.cpu_s
@@ -417,6 +444,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "peak_rss_mb": None if peak_rss_mb is None else round(peak_rss_mb, 1),
         "peak_tree_pss_mb": None if tree_pss_mb is None else round(tree_pss_mb, 1),
         "bot_cpu_s": None if cpu_s is None else round(cpu_s, 2),
+        # The servers run on the same machine and take their share of the CPUs.
+        **others_cpu,
         "mode": "in-process cProfile" if args.profile else "subprocess",
         # Other load on the machine skews every rate above: say how busy it was.
         "cpus": os.cpu_count(),

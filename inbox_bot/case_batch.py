@@ -25,7 +25,7 @@ _OUTBOX = "__outbox__"          # marks an event that links the case's queued ma
 
 @dataclass
 class _NewCase:
-    case: Case                                   # transient: never added to the session
+    case: Any            # built by cases.new_case(factory=SimpleNamespace): columns as attributes
     row: JournalRow
     message_ids: list[tuple[str, str]] = field(default_factory=list)   # (Message-ID, direction)
     outbox: dict[str, Any] | None = None
@@ -39,7 +39,7 @@ class NewCaseBatch:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def open(self, session: Session, row: JournalRow, case: Case) -> _NewCase:
+    def open(self, session: Session, row: JournalRow, case: Any) -> _NewCase:
         """Record a new case (built by ``cases.new_case``) and its "opened" event."""
         item = _NewCase(case=case, row=row)
         if case.thread_message_id and _unknown(session, case.thread_message_id):
@@ -83,7 +83,7 @@ class NewCaseBatch:
         columns = [c.key for c in cases.columns if c.key != "id"]
         case_ids = conn.execute(
             cases.insert().returning(cases.c.id, sort_by_parameter_order=True),
-            [{k: getattr(p.case, k) for k in columns} for p in pending]).scalars().all()
+            [{k: getattr(p.case, k, None) for k in columns} for p in pending]).scalars().all()
         with_mail = [(p, cid) for p, cid in zip(pending, case_ids) if p.outbox is not None]
         outbox_ids: dict[int, int] = {}
         if with_mail:

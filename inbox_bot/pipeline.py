@@ -17,6 +17,7 @@ import traceback
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
@@ -85,13 +86,13 @@ class Intake:
         process fetches and writes, the workers already parse and classify what was
         journaled before. Then whatever else waits in the journal (earlier runs, reprocess)."""
         report = Report()
-        ahead: deque[tuple[list[int], Future[list[Prepared]] | None]] = deque()
+        ahead: deque[tuple[list[int], Future[Any] | None]] = deque()
 
-        def journaled(items: list[tuple[int, bytes]]) -> None:
+        def journaled(items: list[tuple[int, bytes, datetime]]) -> None:
             for i in range(0, len(items), self.batch_size):
                 chunk = items[i:i + self.batch_size]
-                future = self._submit([raw for _, raw in chunk])
-                ahead.append(([rid for rid, _ in chunk], future))
+                future = self._submit([(raw, received_at) for _, raw, received_at in chunk])
+                ahead.append(([rid for rid, _, _ in chunk], future))
             while len(ahead) > (self.lookahead if self.workers else 0):
                 self._process_ids(*ahead.popleft(), report)
 
@@ -101,13 +102,13 @@ class Intake:
         report.merge(self.process_pending())
         return report
 
-    def _submit(self, raws: list[bytes]) -> Future[list[Prepared]] | None:
+    def _submit(self, items: list[tuple[bytes, datetime]]) -> Future[Any] | None:
         """Hand a batch to the workers; None (prepare it here) when there are none or the
         pool broke, e.g. a worker was killed: that costs time, never a message."""
         if self.workers is None:
             return None
         try:
-            return self.workers.submit(raws)
+            return self.workers.submit(items)
         except Exception:
             logger.exception("the worker pool is broken; parsing and classifying here from now on")
             broken, self.workers = self.workers, None
@@ -117,12 +118,15 @@ class Intake:
                 pass
             return None
 
-    def _process_ids(self, ids: list[int], future: Future[list[Prepared]] | None,
+    def _process_ids(self, ids: list[int], future: Future[Any] | None,
                      report: Report) -> None:
         ready: dict[int, Prepared] = {}
+        drafts: dict[int, AckDraft] = {}
         if future is not None:
             try:
-                ready = dict(zip(ids, future.result()))
+                prepared, drafted = future.result()
+                ready = dict(zip(ids, prepared))
+                drafts = {rid: d for rid, d in zip(ids, drafted) if d is not None}
             except Exception:
                 logger.exception("worker failed on a batch; preparing it here")
         with self.store.session() as s, s.begin():
@@ -132,13 +136,13 @@ class Intake:
             if rows:
                 missing = [r for r in rows if r.id not in ready]
                 ready.update(zip((r.id for r in missing), prepare(self.classifier, [r.raw for r in missing])))
-                self._process_rows(s, rows, [ready[r.id] for r in rows], report)
+                self._process_rows(s, rows, [ready[r.id] for r in rows], report, drafts)
 
     # -- journal -----------------------------------------------------------------------------
     def journal(self, source: Any,
-                on_journaled: Callable[[list[tuple[int, bytes]]], None] | None = None) -> Report:
+                on_journaled: Callable[[list[tuple[int, bytes, datetime]]], None] | None = None) -> Report:
         """Fetch what the source has and store the raw bytes; then let the source move them.
-        ``on_journaled`` gets the (row id, bytes) of each committed batch."""
+        ``on_journaled`` gets the (row id, bytes, receipt time) of each committed batch."""
         report = Report()
         known: dict[tuple[str, int], set[str]] = {}
 
@@ -172,7 +176,7 @@ class Intake:
         return report
 
     def _journal_batch(self, source: Any, batch: list[RawMail], report: Report,
-                       on_journaled: Callable[[list[tuple[int, bytes]]], None] | None) -> None:
+                       on_journaled: Callable[[list[tuple[int, bytes, datetime]]], None] | None) -> None:
         now = self.clock()
         with self.store.session() as s, s.begin():
             for raw in batch:
@@ -191,12 +195,13 @@ class Intake:
                      "fetched_at": now, "status": "received", "attempts": 0} for raw in batch]
             # One executemany; a message already journaled (same mailbox,
             # UIDVALIDITY and UID) is skipped by the unique constraint, never doubled.
-            inserted: list[tuple[int, bytes]] = []
-            by_uid = {raw.uid: raw.raw for raw in batch}
+            inserted: list[tuple[int, bytes, datetime]] = []
+            by_uid = {raw.uid: raw for raw in batch}
             table = JournalRow.__table__
             stmt = _insert(s)(table).on_conflict_do_nothing(
                 index_elements=["mailbox", "uidvalidity", "uid"]).returning(table.c.id, table.c.uid)
-            inserted += [(rid, by_uid[uid]) for rid, uid in s.connection().execute(stmt, rows).all()]
+            inserted += [(rid, by_uid[uid].raw, by_uid[uid].received_at)
+                         for rid, uid in s.connection().execute(stmt, rows).all()]
             inserted.sort()
             report.journaled += len(inserted)
             report.already_journaled += len(rows) - len(inserted)
@@ -230,7 +235,8 @@ class Intake:
         return list(s.execute(q.limit(limit).with_for_update(skip_locked=True)).scalars())
 
     def _process_rows(self, s: Session, rows: list[JournalRow], prepared: list[Prepared],
-                      report: Report) -> None:
+                      report: Report, drafts: dict[int, "AckDraft"] | None = None) -> None:
+        self._drafts = drafts or {}
         fast = Report()
         try:
             # Optimistic: the whole batch in one savepoint, written in one flush.
@@ -381,12 +387,16 @@ class Intake:
             received_at=row.received_at, thread_message_id=msg.message_id,
             linked_case_id=decision.linked_case.id if decision.linked_case else None)
         if self._new_cases is not None:
-            case = case_ops.new_case(s, **fields)
+            draft = self._drafts.get(row.id)
+            if draft is not None and draft.received_at != row.received_at:
+                draft = None                 # drafted for another receipt time: start over
+            case = case_ops.new_case(s, factory=SimpleNamespace, dues=draft.dues if draft else None,
+                                     **fields)
             item = self._new_cases.open(s, row, case)
             self._done(row, "case_opened")
             logger.info("case %s opened: labels=%s due=%s", case.ref, ",".join(case.labels), case.due_date)
             report.cases_opened.append(case.ref)
-            self._acknowledge_new(s, item, msg, row, now)
+            self._acknowledge_new(s, item, msg, row, now, draft)
             return
         case = case_ops.open_case(s, inbound_id=row.id, **fields)
         self._done(row, "case_opened", case=case)
@@ -458,7 +468,7 @@ class Intake:
                             outbox=sent)
 
     def _acknowledge_new(self, s: Session, item: Any, msg: InboundMessage, row: JournalRow,
-                         now: datetime) -> None:
+                         now: datetime, draft: "AckDraft | None" = None) -> None:
         """``_acknowledge`` for a case held by the bulk writer: the same rows and events."""
         assert self._new_cases is not None
         case = item.case
@@ -466,13 +476,44 @@ class Intake:
         if why_not:
             self._new_cases.event(item, "ack_withheld", reason=why_not, inbound=True)
             return
-        mail = build_ack(self.cfg, case, msg)
+        mail = draft.finish(case.ref) if draft is not None else build_ack(self.cfg, case, msg)
         values = outbox.outbox_values(mail, dedupe_key=f"ack:case:{case.ref}", now=now)
         self._new_cases.queue(s, item, values)
         self._budget.spend(case.requester)
         self._new_cases.event(item, "ack_queued", outbox=True,
                               new={"template": mail.template, "message_id": values["message_id"]})
         self._new_cases.set_status(item, "acknowledged", reason="acknowledgement queued", outbox=True)
+
+
+    # -- drafts (run in the workers) -----------------------------------------------------------
+    def draft_ack(self, msg: InboundMessage, verdict: Any, received_at: datetime) -> "AckDraft":
+        """What a new case for this message would be due and say, without the database: the
+        workers compute it while this process writes, and only the case id is filled in here.
+        Same inputs as the main path (receipt time, labels, language, review flag), so the
+        same dates and text; a message that turns out not to open a case wastes its draft."""
+        labels = list(verdict.labels)
+        dues = case_ops.compute_dates(received_at, labels, self.policy)
+        case = SimpleNamespace(ref=_REF_SLOT, requester=msg.sender, labels=labels, language=msg.language,
+                               needs_review=bool(verdict.needs_review), receipt_date=dues.receipt_date,
+                               due_date=dues.due)
+        return AckDraft(received_at=received_at, dues=dues, mail=build_ack(self.cfg, case, msg))
+
+
+_REF_SLOT = "\ue000case-id\ue000"     # private-use characters: no template or escaping alters them
+
+
+@dataclass(frozen=True)
+class AckDraft:
+    received_at: datetime
+    dues: Any                                # deadlines.DueDates
+    mail: outbox.OutgoingMail                # rendered with _REF_SLOT for the case id
+
+    def finish(self, ref: str) -> outbox.OutgoingMail:
+        from dataclasses import replace
+        m = self.mail
+        return replace(m, subject=m.subject.replace(_REF_SLOT, ref), text=m.text.replace(_REF_SLOT, ref),
+                       html=m.html.replace(_REF_SLOT, ref) if m.html else m.html, id_hint=ref,
+                       references=list(m.references))
 
 
 def build_ack(cfg: Config, case: Case, msg: InboundMessage) -> outbox.OutgoingMail:

@@ -64,12 +64,24 @@ def default_processes(setting: int) -> int:
     return max(cpus - 1, 0)
 
 
-_classifier: Any = None          # set in the parent before the fork; the workers inherit it
+_context: Any = None     # set in the parent before the fork; the workers inherit it
 
 
-def _work(raws: list[bytes]) -> list[Prepared]:
-    return [(PrepareError(f"{type(m).__name__}: {m}") if isinstance(m, Exception) else m, v)
-            for m, v in prepare(_classifier, raws)]
+def _work(items: list[tuple[bytes, Any]]) -> tuple[list[Prepared], list[Any]]:
+    """Parse and classify, then draft each acknowledgement as far as it goes without the
+    database (``context.draft_ack``: due dates and rendered text; the case id comes later)."""
+    prepared = [(PrepareError(f"{type(m).__name__}: {m}") if isinstance(m, Exception) else m, v)
+                for m, v in prepare(_context.classifier, [raw for raw, _ in items])]
+    drafts = []
+    for (msg, verdict), (_, received_at) in zip(prepared, items):
+        draft = None
+        if isinstance(msg, InboundMessage) and verdict is not None:
+            try:
+                draft = _context.draft_ack(msg, verdict, received_at)
+            except Exception:      # the main process builds the acknowledgement itself
+                logger.warning("drafting an acknowledgement failed", exc_info=True)
+        drafts.append(draft)
+    return prepared, drafts
 
 
 def _ready() -> int:
@@ -97,9 +109,10 @@ def die_with_parent() -> None:
 class WorkerPool:
     """Processes that parse and classify batches; create it before starting any thread."""
 
-    def __init__(self, classifier: Any, processes: int) -> None:
-        global _classifier
-        _classifier = classifier
+    def __init__(self, context: Any, processes: int) -> None:
+        """``context``: the intake (its ``classifier`` and ``draft_ack``)."""
+        global _context
+        _context = context
         language.warm_up()        # loaded before the fork: shared by every worker
         # Everything loaded so far lives as long as the process: keep the collector off it,
         # in here and in the workers (a collection would also touch, and so copy, every
@@ -112,8 +125,9 @@ class WorkerPool:
         pids = {self._executor.submit(_ready).result() for _ in range(processes)}
         logger.info("%d parse/classify worker process(es) started", len(pids))
 
-    def submit(self, raws: list[bytes]) -> Future[list[Prepared]]:
-        return self._executor.submit(_work, raws)
+    def submit(self, items: list[tuple[bytes, Any]]) -> Future[tuple[list[Prepared], list[Any]]]:
+        """(raw bytes, receipt time) of each message -> (prepared, drafts)."""
+        return self._executor.submit(_work, items)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -3,11 +3,13 @@ event history that shows an edited or deleted event."""
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import date, datetime, timezone
 from typing import Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, strategies as st
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -136,3 +138,25 @@ def test_an_event_recorded_with_a_tokyo_timestamp_still_verifies(store):
         cases.record_event(s, case, "note", actor="staff@ikaclo.example.jp", reason="called back",
                            at=datetime(2026, 3, 10, 12, 0, tzinfo=TOKYO))
     assert verify(store) == []
+
+
+def _round_trip_default(o):
+    if isinstance(o, (date, datetime)):
+        return o.isoformat()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+_leaves = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                    st.text(max_size=8), st.dates(), st.datetimes(timezones=st.just(timezone.utc)))
+_values = st.recursive(_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.tuples(inner, inner),
+    st.dictionaries(st.text(max_size=5), inner, max_size=3)), max_leaves=10)
+
+
+@given(st.dictionaries(st.text(max_size=6), _values, max_size=4))
+def test_event_values_are_what_json_would_give_back(value):
+    """Event old/new are hashed as stored: the direct conversion equals a JSON round trip."""
+    expected = json.loads(json.dumps(value, default=_round_trip_default, ensure_ascii=False))
+    assert cases._jsonable(value) == expected
