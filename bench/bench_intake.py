@@ -202,12 +202,12 @@ class TreeMemory:
 
     def _run(self) -> None:
         # Reading smaps_rollup walks the page tables: a few milliseconds for a big process,
-        # so sample five times a second and look for new children once a second.
+        # so sample twice a second and look for new children every two seconds.
         pids: list[int] = []
         for tick in itertools.count():
-            if self._stop.wait(0.2):
+            if self._stop.wait(0.5):
                 return
-            if tick % 5 == 0:
+            if tick % 4 == 0:
                 pids = self._tree()
             total = 0
             for pid in pids:

@@ -191,11 +191,13 @@ def new_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.P
              labels: list[str], scores: dict[str, float], needs_review: bool,
              close_call: bool, received_at: datetime, thread_message_id: str | None,
              linked_case_id: int | None = None, factory: Callable[..., Any] = Case,
-             dues: deadlines.DueDates | None = None) -> Any:
+             dues: deadlines.DueDates | None = None, planned: tuple[date | None] | None = None) -> Any:
     """A case with its id, due dates and reminder schedule, not yet added to the session.
 
     ``factory``: the class to build it with; the bulk writer passes a plain namespace, which
-    costs a fraction of an ORM instance and is written with Core statements."""
+    costs a fraction of an ORM instance and is written with Core statements. ``dues`` and
+    ``planned`` (the first notice date, from ``first_notice``): computed beforehand, e.g. by
+    a worker process."""
     if dues is None:
         dues = compute_dates(received_at, labels, policy)
     ref = allocate_ref(session, prefix, received_at.astimezone(tz).year)
@@ -207,9 +209,23 @@ def new_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.P
                 thread_message_id=thread_message_id, status="new", linked_case_id=linked_case_id,
                 created_at=now, updated_at=now, audit_head="", event_count=0)
     apply_dates(case, dues)
-    from .reminders import schedule          # late import: reminders builds on cases
-    schedule(case, policy, dues=dues)
+    if planned is not None:
+        case.next_notice_on = planned[0]
+    else:
+        from .reminders import schedule          # late import: reminders builds on cases
+        schedule(case, policy, dues=dues)
     return case
+
+
+def first_notice(received_at: datetime, labels: list[str], dues: deadlines.DueDates,
+                 policy: deadlines.Policy) -> tuple[date | None]:
+    """The reminder schedule of a new case with these dates (what ``new_case`` would set)."""
+    from types import SimpleNamespace
+    from .reminders import schedule
+    case = SimpleNamespace(status="new", labels=list(labels), received_at=received_at)
+    apply_dates(case, dues)
+    schedule(case, policy, dues=dues)
+    return (case.next_notice_on,)
 
 
 def opened_event(case: Case) -> dict[str, Any]:

@@ -391,7 +391,7 @@ class Intake:
             if draft is not None and draft.received_at != row.received_at:
                 draft = None                 # drafted for another receipt time: start over
             case = case_ops.new_case(s, factory=SimpleNamespace, dues=draft.dues if draft else None,
-                                     **fields)
+                                     planned=draft.planned if draft else None, **fields)
             item = self._new_cases.open(s, row, case)
             self._done(row, "case_opened")
             logger.info("case %s opened: labels=%s due=%s", case.ref, ",".join(case.labels), case.due_date)
@@ -487,7 +487,8 @@ class Intake:
 
     # -- drafts (run in the workers) -----------------------------------------------------------
     def draft_ack(self, msg: InboundMessage, verdict: Any, received_at: datetime) -> "AckDraft":
-        """What a new case for this message would be due and say, without the database: the
+        """What a new case for this message would be due, when it would first need a reminder
+        and what its acknowledgement would say, without the database: the
         workers compute it while this process writes, and only the case id is filled in here.
         Same inputs as the main path (receipt time, labels, language, review flag), so the
         same dates and text; a message that turns out not to open a case wastes its draft."""
@@ -496,7 +497,9 @@ class Intake:
         case = SimpleNamespace(ref=_REF_SLOT, requester=msg.sender, labels=labels, language=msg.language,
                                needs_review=bool(verdict.needs_review), receipt_date=dues.receipt_date,
                                due_date=dues.due)
-        return AckDraft(received_at=received_at, dues=dues, mail=build_ack(self.cfg, case, msg))
+        return AckDraft(received_at=received_at, dues=dues,
+                        planned=case_ops.first_notice(received_at, labels, dues, self.policy),
+                        mail=build_ack(self.cfg, case, msg))
 
 
 _REF_SLOT = "\ue000case-id\ue000"     # private-use characters: no template or escaping alters them
@@ -506,6 +509,7 @@ _REF_SLOT = "\ue000case-id\ue000"     # private-use characters: no template or e
 class AckDraft:
     received_at: datetime
     dues: Any                                # deadlines.DueDates
+    planned: tuple[Any]                      # (first reminder date or None,), cases.first_notice
     mail: outbox.OutgoingMail                # rendered with _REF_SLOT for the case id
 
     def finish(self, ref: str) -> outbox.OutgoingMail:
