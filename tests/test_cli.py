@@ -71,3 +71,7 @@ url = "sqlite:///{tmp_path / 'db.sqlite3'}"
             proc.kill()
     assert proc.returncode == 0, err
     assert "worker stopped" in err
+    # Its parse/classify processes stopped with it (they run with the default bot.workers).
+    assert "worker process(es) started" in err or os.cpu_count() == 1
+    from tests.e2e import processes_running
+    assert processes_running(str(cfg)) == []

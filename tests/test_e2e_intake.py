@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from inbox_bot.app import build_app
 from inbox_bot.store import Case, InboundMessage, Outbox
 from tests import mailgen
-from tests.e2e import cli, load, parsed, text_part, write_config
+from tests.e2e import cli, load, parsed, processes_running, text_part, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -165,22 +165,6 @@ def test_smtp_down_queues_acks_and_delivers_each_once_when_back(tmp_path, doveco
     assert len(smtp_server.messages) == 5
 
 
-def _processes_running(marker: str) -> list[int]:
-    """Live processes whose command line holds ``marker`` (zombies excluded)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_sigkill_during_a_run_never_doubles_or_loses_a_message(tmp_path, dovecot_user, smtp_server):
     n = 600
     inquiries = [mailgen.english(1000 + i) for i in range(n)]
@@ -206,9 +190,9 @@ def test_sigkill_during_a_run_never_doubles_or_loses_a_message(tmp_path, dovecot
     assert kills >= 2, "the run finished before it could be killed; use more messages"
     # The forked workers and sender die with a killed worker: none is left behind.
     deadline = time.monotonic() + 5
-    while _processes_running(str(config)) and time.monotonic() < deadline:
+    while processes_running(str(config)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_running(str(config)) == []
+    assert processes_running(str(config)) == []
 
     cases = [json.loads(line) for line in cli(config, "cases", "list", "--json").stdout.splitlines()]
     assert sorted(c["requester"] for c in cases) == sorted(q.sender for q in inquiries)
