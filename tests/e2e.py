@@ -6,8 +6,6 @@ import email.policy
 import os
 import subprocess
 import sys
-from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 

@@ -1,7 +1,6 @@
 """language.detect: our seven languages on short snippets, the Japanese shortcut, speed."""
 from __future__ import annotations
 
-import time
 
 import pytest
 

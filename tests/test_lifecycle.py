@@ -13,7 +13,7 @@ from inbox_bot.cases import verify_chain
 from inbox_bot.lifecycle import LifecycleRefused
 from inbox_bot.store import Case, CaseEvent, LabelCorrection, Outbox
 from tests import mailgen
-from tests.test_pipeline import KeywordClassifier, deliver, make_app
+from tests.test_pipeline import deliver, make_app
 
 JST = timezone(timedelta(hours=9))
 RECEIVED = datetime(2026, 1, 15, 10, 0, tzinfo=JST)
@@ -163,7 +163,6 @@ def test_reminders_and_overdue_escalation_go_out_once_each_across_restarts(tmp_p
     app.cfg = replace(app.cfg, staff=replace(app.cfg.staff, addresses=["staff@ikaclo.example.jp"],
                                              supervisor="boss@ikaclo.example.jp", token_secret="s"))
     app.intake.cfg = app.cfg
-    sent_kinds = []
     for day in range(0, 30):
         clock.now = datetime(2026, 1, 15, 12, 0, tzinfo=JST) + timedelta(days=day)
         for _ in range(2):                                  # twice a day, like a restarted worker
