@@ -218,6 +218,8 @@ class Intake:
         wanted = list(ids) if ids is not None else None
         while True:
             with self.store.session() as s, s.begin():
+                if self.in_batch is not None:
+                    self.in_batch(s)
                 rows = self._claim(s, wanted, batch_size or self.batch_size)
                 if not rows:
                     break
