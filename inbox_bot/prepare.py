@@ -54,7 +54,10 @@ def prepare(classifier: Any, raws: list[bytes]) -> list[Prepared]:
 
 
 def default_processes(setting: int) -> int:
-    """``bot.workers``: -1 means one per CPU beyond the first (none on a single CPU)."""
+    """``bot.workers``: -1 means one per CPU beyond the first (none on a single CPU).
+    Workers are forked: where the platform cannot fork (Windows), there are none."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0
     if setting >= 0:
         return setting
     try:
