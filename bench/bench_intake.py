@@ -173,8 +173,8 @@ def _own_cpu() -> float:
 
 
 class TreeMemory:
-    """Samples the proportional set size (PSS) of a process and all its descendants every
-    20 ms and keeps the peak of the sum. PSS shares each page among the processes mapping it,
+    """Samples the proportional set size (PSS) of a process and all its descendants twice a
+    second and keeps the peak of the sum. PSS shares each page among the processes mapping it,
     so forked workers sharing the models copy-on-write are not counted twice (a sum of RSS
     would be); the sum is what the tree really occupies."""
 

@@ -36,13 +36,10 @@ class NewCaseBatch:
     def __init__(self) -> None:
         self._pending: list[_NewCase] = []
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     def open(self, session: Session, row: JournalRow, case: Any) -> _NewCase:
         """Record a new case (built by ``cases.new_case``) and its "opened" event."""
         item = _NewCase(case=case, row=row)
-        if case.thread_message_id and _unknown(session, case.thread_message_id):
+        if case.thread_message_id and case_ops.claim_message_id(session, case.thread_message_id):
             item.message_ids.append((case.thread_message_id, "in"))
         self.event(item, "opened", inbound=True, **case_ops.opened_event(case))
         self._pending.append(item)
@@ -70,7 +67,7 @@ class NewCaseBatch:
         """The case's queued mail (``outbox.outbox_values``) and its outgoing Message-ID."""
         item.outbox = values
         item.message_ids.append((values["message_id"], "out"))
-        session.info.setdefault("new_message_ids", set()).add(values["message_id"])
+        case_ops.claim_message_id(session, values["message_id"], new=True)
 
     def flush(self, session: Session) -> None:
         """Write everything held, in the caller's transaction."""
@@ -106,16 +103,3 @@ class NewCaseBatch:
         for p, cid in zip(pending, case_ids):
             p.row.case_id = cid
 
-
-def _unknown(session: Session, message_id: str) -> bool:
-    """True when no case has this Message-ID yet (cases.remember_message_id's test)."""
-    new = session.info.setdefault("new_message_ids", set())
-    if message_id in new:
-        return False
-    known = session.info.get("known_message_ids")
-    if known is not None and message_id in known:
-        return False
-    if known is None and session.get(CaseMessageId, message_id) is not None:
-        return False
-    new.add(message_id)
-    return True

@@ -186,18 +186,21 @@ def apply_dates(case: Case, dues: deadlines.DueDates) -> None:
     case.first_due_date = dues.due
 
 
+_UNPLANNED = object()      # new_case: no next_notice_on given, compute it
+
+
 def new_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.Policy,
              requester: str, requester_name: str, subject: str, language: str,
              labels: list[str], scores: dict[str, float], needs_review: bool,
              close_call: bool, received_at: datetime, thread_message_id: str | None,
              linked_case_id: int | None = None, factory: Callable[..., Any] = Case,
-             dues: deadlines.DueDates | None = None, planned: tuple[date | None] | None = None) -> Any:
+             dues: deadlines.DueDates | None = None, next_notice_on: Any = _UNPLANNED) -> Any:
     """A case with its id, due dates and reminder schedule, not yet added to the session.
 
     ``factory``: the class to build it with; the bulk writer passes a plain namespace, which
     costs a fraction of an ORM instance and is written with Core statements. ``dues`` and
-    ``planned`` (the first notice date, from ``first_notice``): computed beforehand, e.g. by
-    a worker process."""
+    ``next_notice_on`` (from ``first_notice``; None is a plan too): computed beforehand, e.g.
+    by a worker process."""
     if dues is None:
         dues = compute_dates(received_at, labels, policy)
     ref = allocate_ref(session, prefix, received_at.astimezone(tz).year)
@@ -209,8 +212,8 @@ def new_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.P
                 thread_message_id=thread_message_id, status="new", linked_case_id=linked_case_id,
                 created_at=now, updated_at=now, audit_head="", event_count=0)
     apply_dates(case, dues)
-    if planned is not None:
-        case.next_notice_on = planned[0]
+    if next_notice_on is not _UNPLANNED:
+        case.next_notice_on = next_notice_on
     else:
         from .reminders import schedule          # late import: reminders builds on cases
         schedule(case, policy, dues=dues)
@@ -218,14 +221,14 @@ def new_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.P
 
 
 def first_notice(received_at: datetime, labels: list[str], dues: deadlines.DueDates,
-                 policy: deadlines.Policy) -> tuple[date | None]:
+                 policy: deadlines.Policy) -> date | None:
     """The reminder schedule of a new case with these dates (what ``new_case`` would set)."""
     from types import SimpleNamespace
     from .reminders import schedule
     case = SimpleNamespace(status="new", labels=list(labels), received_at=received_at)
     apply_dates(case, dues)
     schedule(case, policy, dues=dues)
-    return (case.next_notice_on,)
+    return case.next_notice_on
 
 
 def opened_event(case: Case) -> dict[str, Any]:
@@ -249,18 +252,26 @@ def open_case(session: Session, *, inbound_id: int, **fields: Any) -> Case:
 def remember_message_id(session: Session, case: Case, message_id: str, direction: str, *,
                         new: bool = False) -> None:
     """Remember a Message-ID of the case's conversation (``new``: one we just generated)."""
+    if claim_message_id(session, message_id, new=new):
+        session.add(CaseMessageId(message_id=message_id, case=case, direction=direction))
+
+
+def claim_message_id(session: Session, message_id: str, *, new: bool = False) -> bool:
+    """True when no case has this Message-ID yet; from then on it counts as taken in this
+    transaction (``new``: one we just generated, so nobody can have it)."""
+    taken = session.info.setdefault("new_message_ids", set())
     if not new:
-        if message_id in session.info.setdefault("new_message_ids", set()):
-            return
+        if message_id in taken:
+            return False
         known = session.info.get("known_message_ids")
         if known is not None and message_id in known:
-            return
+            return False
         if known is None:
             with session.no_autoflush:
                 if session.get(CaseMessageId, message_id) is not None:
-                    return
-    session.info.setdefault("new_message_ids", set()).add(message_id)
-    session.add(CaseMessageId(message_id=message_id, case=case, direction=direction))
+                    return False
+    taken.add(message_id)
+    return True
 
 
 def set_status(session: Session, case: Case, new_status: str, *, actor: str = BOT_ACTOR,

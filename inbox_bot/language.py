@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED = ("en", "ja", "de", "fr", "es", "it", "nl")
 UNDETERMINED = "und"
-_MODEL_LANGUAGES = ("en", "de", "fr", "es", "it", "nl")   # Japanese never reaches the model
+_MODEL_LANGUAGES = tuple(l for l in SUPPORTED if l != "ja")   # Japanese never reaches the model
 UNSURE_BELOW = 0.5             # the model's probability of its best guess; under it: English
 
 # Enough text for a confident guess; longer input only costs time.

@@ -430,8 +430,9 @@ def send_first_attempts(session_factory: Any, transports: list[Transport], *, st
                         report(sent)
                     sent = []
         finally:
-            with report_lock:
-                report(sent)
+            if sent:
+                with report_lock:
+                    report(sent)
             if opened:
                 transport.close()
 

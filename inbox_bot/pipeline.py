@@ -17,8 +17,8 @@ import traceback
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import or_, select
@@ -392,8 +392,8 @@ class Intake:
             draft = self._drafts.get(row.id)
             if draft is not None and draft.received_at != row.received_at:
                 draft = None                 # drafted for another receipt time: start over
-            case = case_ops.new_case(s, factory=SimpleNamespace, dues=draft.dues if draft else None,
-                                     planned=draft.planned if draft else None, **fields)
+            planned = {"dues": draft.dues, "next_notice_on": draft.next_notice_on} if draft else {}
+            case = case_ops.new_case(s, factory=SimpleNamespace, **planned, **fields)
             item = self._new_cases.open(s, row, case)
             self._done(row, "case_opened")
             logger.info("case %s opened: labels=%s due=%s", case.ref, ",".join(case.labels), case.due_date)
@@ -486,7 +486,6 @@ class Intake:
                               new={"template": mail.template, "message_id": values["message_id"]})
         self._new_cases.set_status(item, "acknowledged", reason="acknowledgement queued", outbox=True)
 
-
     # -- drafts (run in the workers) -----------------------------------------------------------
     def draft_ack(self, msg: InboundMessage, verdict: Any, received_at: datetime) -> "AckDraft":
         """What a new case for this message would be due, when it would first need a reminder
@@ -500,7 +499,7 @@ class Intake:
                                needs_review=bool(verdict.needs_review), receipt_date=dues.receipt_date,
                                due_date=dues.due)
         return AckDraft(received_at=received_at, dues=dues,
-                        planned=case_ops.first_notice(received_at, labels, dues, self.policy),
+                        next_notice_on=case_ops.first_notice(received_at, labels, dues, self.policy),
                         mail=build_ack(self.cfg, case, msg))
 
 
@@ -511,7 +510,7 @@ _REF_SLOT = "\ue000case-id\ue000"     # private-use characters: no template or e
 class AckDraft:
     received_at: datetime
     dues: Any                                # deadlines.DueDates
-    planned: tuple[Any]                      # (first reminder date or None,), cases.first_notice
+    next_notice_on: Any                      # first reminder date or None (cases.first_notice)
     mail: outbox.OutgoingMail                # rendered with _REF_SLOT for the case id
 
     def finish(self, ref: str) -> outbox.OutgoingMail:
