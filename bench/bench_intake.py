@@ -149,6 +149,7 @@ class ChildRun:
     cpu_s: float = 0.0               # user+system of the bot and the children it reaped
     peak_tree_pss_mb: float = 0.0    # the whole process tree (bot, workers, sender), sampled
     tree_processes: int = 0
+    cpu_by_process: dict[str, float] | None = None
 
 
 def session_cpu(dovecot: Any) -> float:
@@ -180,6 +181,10 @@ class TreeMemory:
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak_mb, self.processes = pid, 0.0, 0
+        # Last CPU seconds seen per process, and its name (the bot names its workers
+        # "inbox-bot-work" and its sender "inbox-bot-send"): where the CPU went.
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self._ticks = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -212,6 +217,10 @@ class TreeMemory:
             total = 0
             for pid in pids:
                 try:
+                    head, _, tail = Path(f"/proc/{pid}/stat").read_text().rpartition(")")
+                    fields = tail.split()
+                    self.cpu[pid] = (head.partition("(")[2],
+                                     (int(fields[11]) + int(fields[12])) / self._ticks)
                     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                         if line.startswith("Pss:"):
                             total += int(line.split()[1])
@@ -224,6 +233,14 @@ class TreeMemory:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def cpu_by_name(self) -> dict[str, float]:
+        """CPU seconds per process name, as last sampled (up to half a second short for a
+        process that ended between samples; the bot's own total comes from wait4)."""
+        out: Counter[str] = Counter()
+        for pid, (name, seconds) in self.cpu.items():
+            out["main" if pid == self.pid else name] += seconds
+        return {name: round(seconds, 2) for name, seconds in sorted(out.items())}
 
 
 def bot_settings(n: int) -> dict[str, Any]:
@@ -248,7 +265,12 @@ def child_environment(batch: int, model: Path | None) -> dict[str, str]:
 
 def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("inbox-bot")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "inbox_bot.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "inbox_bot.cli"]
+    spy = os.environ.get("BENCH_PY_SPY")   # collapsed stacks of the bot and its children
+    if spy:
+        command = ["py-spy", "record", "--subprocesses", "--format", "raw", "--rate", "250",
+                   "-o", spy, "--", *command]
+    return command
 
 
 def run_child(config: Path, env: dict[str, str], log_level: str, timeout: float) -> ChildRun:
@@ -281,7 +303,7 @@ def run_child(config: Path, env: dict[str, str], log_level: str, timeout: float)
     return ChildRun(proc.returncode, seconds, usage.ru_maxrss / 1024,   # KiB on Linux
                     out_path.read_text(errors="replace"), "\n".join(stderr_lines[-20:]),
                     cpu_s=usage.ru_utime + usage.ru_stime, peak_tree_pss_mb=memory.peak_mb,
-                    tree_processes=memory.processes)
+                    tree_processes=memory.processes, cpu_by_process=memory.cpu_by_name())
 
 
 def run_in_process(config: Path, env: dict[str, str], log_level: str, profile_path: Path,
@@ -391,7 +413,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         e2e_dir = _subdir(work, "e2e")
         config = write_config(e2e_dir, account, smtp, **settings)
         peak_rss_mb: float | None
-        others_cpu: dict[str, float] = {}
+        others_cpu: dict[str, Any] = {}
         tree_pss_mb: float | None = None
         cpu_s: float | None = None
         top_functions = ""
@@ -408,6 +430,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
             seconds, report_json, returncode = child.seconds, child.stdout, child.returncode
             peak_rss_mb = child.peak_rss_mb
             tree_pss_mb, cpu_s = child.peak_tree_pss_mb, child.cpu_s
+            others_cpu["bot_cpu_by_process_s"] = child.cpu_by_process
             if returncode != 0:
                 failures.append(f"run --once exited {returncode}:\n{child.stderr_tail}")
         logger.info("end to end: %.2f s", seconds)

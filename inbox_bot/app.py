@@ -49,8 +49,10 @@ def open_transport(cfg: Config) -> Transport:
 
 
 def load_classifier(cfg: Config) -> Any:
-    from .classify import Classifier
-    return Classifier.load(Path(cfg.classifier.model_path) if cfg.classifier.model_path else None)
+    """The configured model, checked now and loaded where it is first used: in the workers
+    when there are any, so this process starts fetching at once (see prepare.LazyClassifier)."""
+    from .prepare import LazyClassifier
+    return LazyClassifier(Path(cfg.classifier.model_path) if cfg.classifier.model_path else None)
 
 
 @dataclass
@@ -230,12 +232,12 @@ def _sender_main(app: App, stop: Any, results: Any) -> None:
     import signal
     from .prepare import die_with_parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    die_with_parent("inbox-bot-send")
     app.store.engine.dispose(close=False)
     try:
         fresh = getattr(app.transport, "fresh", None)
         transports = [fresh() for _ in range(app.cfg.smtp.connections)] if fresh else [app.transport]
-        outbox.send_first_attempts(app.store.session, transports, stop=stop, now=app.clock,
+        outbox.send_first_attempts(app.store.read_session, transports, stop=stop, now=app.clock,
                                    report=results.send)
     except Exception:
         logger.exception("sending beside the poll failed; the final send retries")
@@ -246,18 +248,9 @@ def _sender_main(app: App, stop: Any, results: Any) -> None:
 
 def build_app(cfg: Config, *, clock: Callable[[], datetime] = utcnow, classifier: Any = None,
               transport: Transport | None = None) -> App:
-    warm_up = None
-    if classifier is None:
-        # The language model loads beside the classifier (numpy work, partly outside the
-        # interpreter lock): about 0.15 s of a 1.2 s start-up, measured.
-        from . import language
-        warm_up = threading.Thread(target=language.warm_up, name="language-models", daemon=True)
-        warm_up.start()
     store = open_store(cfg)
     policy = case_ops.policy_from(cfg.deadlines, cfg.bot.timezone)
     intake = Intake(cfg=cfg, store=store, classifier=classifier or load_classifier(cfg),
                     policy=policy, clock=clock)
-    if warm_up is not None:
-        warm_up.join()           # before anything forks
     return App(cfg=cfg, store=store, intake=intake, transport=transport or open_transport(cfg),
                clock=clock)

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field, replace
 from functools import partial
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -35,6 +33,7 @@ from thinc.api import Logistic, Model, NumpyOps, SparseLinear_v2, chain, resizab
 from thinc.layers.resizable import resize_linear_weighted
 
 from inbox_bot import textprep
+from inbox_bot.model_files import MODEL_ENV, check_model_dir, default_model_path  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +42,6 @@ LABELS: tuple[str, ...] = (
 EXCLUSIVE_LABEL = "other"
 ACTION_LABELS: tuple[str, ...] = tuple(label for label in LABELS if label != EXCLUSIVE_LABEL)
 
-MODEL_ENV = "INBOX_BOT_MODEL"
 THRESHOLDS_FILE = "thresholds.json"
 PIPE_NAME = "textcat_multilabel"
 DEFAULT_THRESHOLD = 0.5
@@ -53,8 +51,6 @@ DEFAULT_CLOSE_CALL_MARGIN = 0.10
 # of them wrong (against 15 % overall), and mail in languages the model never saw.
 DEFAULT_REVIEW_BELOW = 0.5
 PIPE_BATCH_SIZE = 256
-
-_REPO_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "intake"
 
 
 # --- tokenizer --------------------------------------------------------------------------------
@@ -360,24 +356,6 @@ def model_input(subject: str, new_text: str) -> str:
     return textprep.classifier_text(subject or "", new_text or "")
 
 
-def _packaged_model_dir() -> Path | None:
-    """Where a wheel puts the model (pyproject force-includes models/intake there)."""
-    try:
-        candidate = resources.files("inbox_bot") / "models" / "intake"
-    except (ModuleNotFoundError, TypeError):
-        return None
-    path = Path(str(candidate))
-    return path if (path / "config.cfg").is_file() else None
-
-
-def default_model_path() -> Path:
-    """$INBOX_BOT_MODEL, else the installed package's model, else the checkout's models/intake."""
-    override = os.environ.get(MODEL_ENV, "").strip()
-    if override:
-        return Path(override).expanduser()
-    return _packaged_model_dir() or _REPO_MODEL_DIR
-
-
 class Classifier:
     """A loaded model plus its decision rule. Load once and reuse it (about 0.1 s to load, plus
     spaCy's import); ``classify_many`` batches through ``nlp.pipe``."""
@@ -390,9 +368,7 @@ class Classifier:
     @classmethod
     def load(cls, path: Path | None = None, *, close_call_margin: float | None = None,
              review_below: float | None = None) -> "Classifier":
-        model_dir = Path(path) if path is not None else default_model_path()
-        if not (model_dir / "config.cfg").is_file():
-            raise FileNotFoundError(f"no classifier model at {model_dir}")
+        model_dir = check_model_dir(path)
         nlp = spacy.load(model_dir)
         rule = load_decision_rule(model_dir)
         rule = replace(rule, **{name: value for name, value in (

@@ -105,7 +105,7 @@ def demo(ctx: click.Context, workdir: str, as_json: bool) -> None:
     seeded = seed_sample_mailbox(base / "mailbox")
     app = build_app(cfg)
     report = app.run_once()
-    with app.store.session() as s:
+    with app.store.read_session() as s:
         rows = s.execute(select(Case).order_by(Case.id)).scalars().all()
         cases = [_case_summary(c) for c in rows]
         sent = {o.case_id: o for o in s.execute(select(Outbox).where(Outbox.status == "sent")).scalars()}
@@ -245,7 +245,7 @@ def cases_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
     from .app import open_store
     from .store import Case
     store = open_store(_load_config(ctx))
-    with store.session() as s:
+    with store.read_session() as s:
         q = select(Case).order_by(Case.due_date, Case.id)
         if status:
             q = q.where(Case.status == status)
@@ -270,7 +270,7 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
     from .cases import find_case
     from .store import InboundMessage, Outbox
     store = open_store(_load_config(ctx))
-    with store.session() as s:
+    with store.read_session() as s:
         case = find_case(s, case_id)
         if case is None:
             raise click.ClickException(f"no case {case_id}")
@@ -536,7 +536,7 @@ def digest(ctx: click.Context, do_print: bool, send: bool, html_file: str | None
         counts = app.send()
         click.echo(f"digest queued for {queued} staff member(s); {counts['sent']} mail(s) sent")
     if do_print or html_file:
-        with app.store.session() as s:
+        with app.store.read_session() as s:
             for address in recipients:
                 mail = build_digest(s, cfg, app.intake.policy, address, app.clock())
                 if do_print:
@@ -575,7 +575,7 @@ def summary(ctx: click.Context, week: str | None, do_print: bool, send: bool, ht
         counts = app.send()
         click.echo(f"summary for {week} {'queued' if queued else 'was already sent'}; "
                    f"{counts['sent']} mail(s) sent")
-    with app.store.session() as s:
+    with app.store.read_session() as s:
         if do_print or html_file:
             if not cfg.staff.supervisor:
                 raise click.ClickException("no supervisor configured (staff.supervisor)")
@@ -605,7 +605,7 @@ def audit_verify(ctx: click.Context, as_json: bool) -> None:
     from .store import Case, CaseEvent
     from sqlalchemy import func as sa_func
     store = open_store(_load_config(ctx))
-    with store.session() as s:
+    with store.read_session() as s:
         problems = verify_chain(s)
         n_cases = s.execute(select(sa_func.count(Case.id))).scalar_one()
         n_events = s.execute(select(sa_func.count(CaseEvent.id))).scalar_one()
@@ -635,7 +635,7 @@ def messages_list(ctx: click.Context, disposition: str | None, as_json: bool) ->
     from .app import open_store
     from .store import Case, InboundMessage
     store = open_store(_load_config(ctx))
-    with store.session() as s:
+    with store.read_session() as s:
         q = select(InboundMessage, Case.ref).outerjoin(Case, Case.id == InboundMessage.case_id) \
             .order_by(InboundMessage.id)
         if disposition == "pending":

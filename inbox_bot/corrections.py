@@ -13,7 +13,7 @@ def corrections_from_store(store: Store) -> Iterator[object]:
     """The latest correction of each case, as a LabelledExample of the inquiry's new text."""
     from .training import LabelledExample
     latest: dict[int, LabelCorrection] = {}
-    with store.session() as s:
+    with store.read_session() as s:
         for corr in s.execute(select(LabelCorrection).order_by(LabelCorrection.id)).scalars():
             latest[corr.case_id] = corr          # a later correction replaces an earlier one
         for corr in latest.values():

@@ -15,7 +15,7 @@ import logging
 import re
 import traceback
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -78,6 +78,10 @@ class Intake:
     workers: WorkerPool | None = None    # parse+classify on other cores; None: inline
     batch_size: int = 100                # messages per processing transaction
     lookahead: int = 2                   # batches handed to the workers ahead of the writer
+    # ...and how far beyond that the writer may journal while the workers are behind (at the
+    # start they are still loading their models): in batches, and in bytes held for them.
+    max_ahead: int = 40
+    max_ahead_bytes: int = 64 << 20
     in_batch: Callable[[Session], None] | None = None   # extra writes for each batch transaction
 
     # -- one pass ----------------------------------------------------------------------------
@@ -86,19 +90,33 @@ class Intake:
         process fetches and writes, the workers already parse and classify what was
         journaled before. Then whatever else waits in the journal (earlier runs, reprocess)."""
         report = Report()
-        ahead: deque[tuple[list[int], Future[Any] | None]] = deque()
+        ahead: deque[tuple[list[int], Future[Any] | None, int]] = deque()   # ids, result, bytes
+        held_bytes = 0
+
+        def process_oldest() -> None:
+            nonlocal held_bytes
+            ids, future, size = ahead.popleft()
+            held_bytes -= size
+            self._process_ids(ids, future, report)
 
         def journaled(items: list[tuple[int, bytes, datetime]]) -> None:
+            nonlocal held_bytes
             for i in range(0, len(items), self.batch_size):
                 chunk = items[i:i + self.batch_size]
                 future = self._submit([(raw, received_at) for _, raw, received_at in chunk])
-                ahead.append(([rid for rid, _, _ in chunk], future))
+                size = sum(len(raw) for _, raw, _ in chunk) if future is not None else 0
+                ahead.append(([rid for rid, _, _ in chunk], future, size))
+                held_bytes += size
             while len(ahead) > (self.lookahead if self.workers else 0):
-                self._process_ids(*ahead.popleft(), report)
+                future = ahead[0][1]
+                if (future is not None and not future.done() and len(ahead) <= self.max_ahead
+                        and held_bytes <= self.max_ahead_bytes):
+                    break        # the workers are behind: fetching more beats waiting
+                process_oldest()
 
         report.merge(self.journal(source, on_journaled=journaled))
         while ahead:
-            self._process_ids(*ahead.popleft(), report)
+            process_oldest()
         report.merge(self.process_pending())
         return report
 
@@ -111,12 +129,16 @@ class Intake:
             return self.workers.submit(items)
         except Exception:
             logger.exception("the worker pool is broken; parsing and classifying here from now on")
-            broken, self.workers = self.workers, None
+            self._drop_workers()
+            return None
+
+    def _drop_workers(self) -> None:
+        broken, self.workers = self.workers, None
+        if broken is not None:
             try:
                 broken.close()
             except Exception:
                 pass
-            return None
 
     def _process_ids(self, ids: list[int], future: Future[Any] | None,
                      report: Report) -> None:
@@ -127,6 +149,9 @@ class Intake:
                 prepared, drafted = future.result()
                 ready = dict(zip(ids, prepared))
                 drafts = {rid: d for rid, d in zip(ids, drafted) if d is not None}
+            except BrokenExecutor:
+                logger.exception("a worker process died; parsing and classifying here from now on")
+                self._drop_workers()
             except Exception:
                 logger.exception("worker failed on a batch; preparing it here")
         with self.store.session() as s, s.begin():
@@ -135,7 +160,9 @@ class Intake:
             rows = self._claim(s, ids, len(ids), with_raw=not ready)
             if rows:
                 missing = [r for r in rows if r.id not in ready]
-                ready.update(zip((r.id for r in missing), prepare(self.classifier, [r.raw for r in missing])))
+                if missing:
+                    ready.update(zip((r.id for r in missing),
+                                     prepare(self.classifier, [r.raw for r in missing])))
                 self._process_rows(s, rows, [ready[r.id] for r in rows], report, drafts)
 
     # -- journal -----------------------------------------------------------------------------
@@ -149,7 +176,7 @@ class Intake:
         def already(mailbox: str, uidvalidity: int, uid: str) -> bool:
             key = (mailbox, uidvalidity)
             if key not in known:
-                with self.store.session() as s:
+                with self.store.read_session() as s:
                     known[key] = set(s.execute(select(JournalRow.uid).where(
                         JournalRow.mailbox == mailbox, JournalRow.uidvalidity == uidvalidity)).scalars())
             return uid in known[key]
@@ -159,7 +186,7 @@ class Intake:
         watermark: dict[str, int] = {}
         if not self.cfg.mailbox.processed_folder and self.cfg.mailbox.type == "imap":
             # Leave-in-place mode: nothing leaves the inbox, so resume above the last UID.
-            with self.store.session() as s:
+            with self.store.read_session() as s:
                 state = s.execute(select(SyncState).where(SyncState.mailbox == mailbox_name)
                                   .order_by(SyncState.first_seen_at.desc()).limit(1)).scalar_one_or_none()
                 if state is not None:

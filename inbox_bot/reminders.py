@@ -93,7 +93,7 @@ def _with_due(dues: deadlines.DueDates, due: date) -> deadlines.DueDates:
 def send_reminders(store: Store, cfg: Config, policy: deadlines.Policy, now: datetime) -> dict[str, int]:
     today = now.astimezone(cfg.tz).date()
     counts = {"reminder": 0, "escalation": 0}
-    with store.session() as s:
+    with store.read_session() as s:
         # Only cases whose next planned notice has come: not every open case every run.
         ids = list(s.execute(select(Case.id).where(Case.status.in_(OPEN_STATES),
                                                    Case.next_notice_on <= today)).scalars())

@@ -237,6 +237,9 @@ class Suppression(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+READ_ONLY = "inbox_bot_read_only"     # execution option of Store.read_session's connections
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -258,7 +261,10 @@ def make_engine(url: str) -> Engine:
         def _sqlite_begin(conn: Any) -> None:
             # ... and take the write lock up front: a deferred transaction that must upgrade
             # its lock fails at once when another thread writes, an immediate one waits.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reader (Store.read_session) takes no lock: in WAL mode it reads a snapshot
+            # beside the writer instead of queueing behind it (and holding it up).
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
@@ -301,6 +307,9 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        # Sessions that only read: on SQLite they neither wait for nor block the writer.
+        self.read_session = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}),
+                                         expire_on_commit=False)
 
     def migrate(self) -> None:
         migrate(self.engine)

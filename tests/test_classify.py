@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from inbox_bot import classify
+from inbox_bot import classify, model_files
 from inbox_bot.classify import (
     LABELS,
     MODEL_ENV,
@@ -196,7 +196,7 @@ def test_model_loads_from_an_installed_package_location(
     package = tmp_path / "site-packages" / "inbox_bot"
     shutil.copytree(SHIPPED_MODEL, package / "models" / "intake")
     monkeypatch.delenv(MODEL_ENV, raising=False)
-    monkeypatch.setattr(classify.resources, "files", lambda name: package)
+    monkeypatch.setattr(model_files.resources, "files", lambda name: package)
 
     assert default_model_path() == package / "models" / "intake"
     result = Classifier.load().classify("Delete my account", "Please delete all my data.")
@@ -206,7 +206,7 @@ def test_model_loads_from_an_installed_package_location(
 def test_checkout_model_is_the_fallback_when_the_package_has_none(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(MODEL_ENV, raising=False)
-    monkeypatch.setattr(classify.resources, "files", lambda name: tmp_path / "inbox_bot")
+    monkeypatch.setattr(model_files.resources, "files", lambda name: tmp_path / "inbox_bot")
     assert default_model_path() == SHIPPED_MODEL
 
 
