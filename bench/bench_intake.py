@@ -252,11 +252,16 @@ def bot_settings(n: int) -> dict[str, Any]:
     return {"global_budget": max(500, 2 * n)}
 
 
-def child_environment(batch: int, model: Path | None) -> dict[str, str]:
-    """The caller's environment minus stray INBOX_BOT_* settings, plus the fetch batch size
-    and the classifier model (when not the shipped one)."""
+def child_environment(batch: int, model: Path | None,
+                      settings: list[str] | None = None) -> dict[str, str]:
+    """The caller's environment minus stray INBOX_BOT_* settings, plus the fetch batch size,
+    the classifier model (when not the shipped one) and ``settings`` ("SECTION_KEY=VALUE",
+    e.g. "SMTP_CONNECTIONS=2", to compare configurations)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_BOT_")}
     env["INBOX_BOT_MAILBOX_BATCH_SIZE"] = str(batch)   # same batches as the floor
+    for setting in settings or []:
+        name, _, value = setting.partition("=")
+        env[f"INBOX_BOT_{name.upper()}"] = value
     if model is not None:
         env["INBOX_BOT_MODEL"] = str(model.resolve())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -402,7 +407,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
             failures.append(f"floor parsed {floor.messages} of {args.n} messages")
         logger.info("floor: %d messages in %.2f s", floor.messages, floor.seconds)
 
-        env = child_environment(args.batch, args.model)
+        env = child_environment(args.batch, args.model, args.set)
         settings = bot_settings(args.n)
         startup = run_child(write_config(_subdir(work, "idle"), idle, smtp, **settings), env,
                             args.log_level, args.timeout)
@@ -536,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per bot run")
     parser.add_argument("--model", type=Path, default=None, metavar="DIR",
                         help="classifier model for the bot (default: the shipped model)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION_KEY=VALUE",
+                        help="a bot setting for the runs, as INBOX_BOT_<SECTION_KEY> (repeatable)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",

@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inbox_bot import classify, model_files
 from inbox_bot.classify import (
@@ -136,6 +138,18 @@ def test_tokenizer_lowercases_and_keeps_the_text_otherwise(shipped: Classifier) 
     text = "Delete  my\nAccount 今すぐ"
     doc = shipped.nlp.make_doc(text)
     assert doc.text == text.lower()
+    assert doc.user_data[classify._TEXT_KEY] == doc.text     # what the features read
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+       | st.text(alphabet=" \t\n\r\u3000\u00a0\x1cab,.個人", max_size=30))
+def test_the_text_the_features_read_is_the_text_the_tokens_spell(text: str) -> None:
+    # The features read the tokenizer's text instead of rebuilding it from the tokens
+    # (classify._TEXT_KEY): only right if the tokens cover every character, spaces included.
+    words, spaces = split_tokens(text)
+    assert "".join(w + (" " if s else "") for w, s in zip(words, spaces)) == text
+    assert all(w and (not w.isspace() or not s) for w, s in zip(words, spaces))
 
 
 # --- shipped model ----------------------------------------------------------------------------
