@@ -33,6 +33,7 @@ import logging
 import os
 import pstats
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -304,6 +305,9 @@ def run_child(config: Path, env: dict[str, str], log_level: str, timeout: float)
             memory.stop()
         seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
+    keep = os.environ.get("BENCH_KEEP_LOG")      # the bot's whole log, e.g. for its timeline
+    if keep:
+        shutil.copyfile(err_path, keep)
     stderr_lines = err_path.read_text(errors="replace").splitlines()
     return ChildRun(proc.returncode, seconds, usage.ru_maxrss / 1024,   # KiB on Linux
                     out_path.read_text(errors="replace"), "\n".join(stderr_lines[-20:]),

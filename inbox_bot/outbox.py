@@ -178,9 +178,10 @@ class OutgoingMail:
         Every header value is ASCII: clean_header() output, RFC 2047 encoded when needed."""
         if type(self) is not OutgoingMail or self.attachments:
             return self.build().as_bytes()
+        token = secrets.token_hex(20)     # one draw for the Message-ID and the boundary
         if not self.message_id:
             hint = re.sub(r"[^A-Za-z0-9.-]", "", self.id_hint)[:40] or "inbox-bot"
-            self.message_id = f"<{hint}.{secrets.token_hex(8)}@{self.domain}>"
+            self.message_id = f"<{hint}.{token[:16]}@{self.domain}>"
         head = [
             ("From", _address_header(self.sender_name, self.sender)),
             ("To", _address_header(self.recipient_name, self.recipient)),
@@ -202,7 +203,7 @@ class OutgoingMail:
         head += [(name, _encoded(clean_header(value, 900))) for name, value in self.extra_headers.items()]
         head.append(("MIME-Version", "1.0"))
         if self.html:
-            boundary = "=_" + secrets.token_hex(12)
+            boundary = "=_" + token[16:]
             head.append(("Content-Type", f'multipart/alternative; boundary="{boundary}"'))
             body = (f"--{boundary}\r\n{_text_part(self.text, 'plain')}\r\n"
                     f"--{boundary}\r\n{_text_part(self.html, 'html')}\r\n--{boundary}--\r\n")
@@ -231,11 +232,16 @@ _NON_ASCII = bytes(range(128, 256))
 
 
 def _text_part(text: str, subtype: str) -> str:
-    """Headers and body of a UTF-8 text part: quoted-printable for mostly-Latin text, base64
+    """Headers and body of a UTF-8 text part: as it is (7bit) when it is ASCII in lines
+    within the 998 characters RFC 5322 allows, quoted-printable for mostly-Latin text, base64
     (a third the size) for Japanese."""
     import base64
     import quopri
-    data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+    text = text.replace("\r\n", "\n")
+    if text.isascii() and "\r" not in text and max(map(len, text.split("\n"))) <= 998:
+        return (f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+                f"Content-Transfer-Encoding: 7bit\r\n\r\n{text.replace(chr(10), chr(13) + chr(10))}")
+    data = text.replace("\n", "\r\n").encode("utf-8")
     if len(data.translate(None, _NON_ASCII)) > 0.7 * max(len(data), 1):
         cte = "quoted-printable"
         encoded = quopri.encodestring(data).decode("ascii").replace("\r\n", "\n").replace("\n", "\r\n")

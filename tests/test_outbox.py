@@ -145,6 +145,20 @@ def test_an_automatic_mail_is_marked_threaded_and_has_a_message_id_in_our_domain
     assert msg["References"] == "<inq-0@mail.example.com> <inq-1@mail.example.com>"
 
 
+@pytest.mark.parametrize("text, encoding", [
+    ("Dear Taro,\nyour case is PRIV-2026-00001.\n", "7bit"),
+    ("x" * 999 + "\n", "quoted-printable"),              # over RFC 5322's 998 per line
+    ("Sehr geehrte Frau Müller,\nIhr Fall ist eröffnet.\n", "quoted-printable"),
+    ("個人情報の削除を承りました。\n", "base64"),
+])
+def test_each_text_part_takes_the_lightest_encoding_that_keeps_it_intact(text, encoding):
+    raw = make_mail(text=text).to_bytes()
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert msg["Content-Transfer-Encoding"] == encoding
+    assert msg.get_content().replace("\r\n", "\n") == text
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
 # --------------------------------------------------------------------------- templates
 
 def ack_context(**overrides) -> dict:
