@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
@@ -229,6 +230,30 @@ def first_notice(received_at: datetime, labels: list[str], dues: deadlines.DueDa
     apply_dates(case, dues)
     schedule(case, policy, dues=dues)
     return case.next_notice_on
+
+
+class DatePlanner:
+    """``compute_dates`` and ``first_notice`` for many new cases. Both depend on the receipt
+    time only through its calendar dates (``deadlines.receipt_dates``) and the first rule
+    line, and a run's inquiries mostly share their dates and labels: each combination is
+    worked out once (a tenth of a millisecond) and the first rule rewritten per case."""
+
+    def __init__(self, policy: deadlines.Policy, size: int = 4096) -> None:
+        self.policy, self.size = policy, size
+        self._memo: dict[tuple[Any, ...], tuple[deadlines.DueDates, date | None]] = {}
+
+    def plan(self, received_at: datetime, labels: list[str]) -> tuple[deadlines.DueDates, date | None]:
+        key = (tuple(labels), deadlines.receipt_dates(received_at, self.policy))
+        known = self._memo.get(key)
+        if known is None:
+            dues = compute_dates(received_at, labels, self.policy)
+            known = (dues, first_notice(received_at, labels, dues, self.policy))
+            if len(self._memo) < self.size:
+                self._memo[key] = known
+            return known
+        dues, notice = known
+        first = deadlines.receipt_rule(received_at, dues.receipt_date, self.policy)
+        return replace(dues, rules=(first, *dues.rules[1:])), notice
 
 
 def opened_event(case: Case) -> dict[str, Any]:

@@ -774,6 +774,20 @@ def _gdpr_applies(categories: Iterable[str], flagged: bool, policy: Policy) -> b
     return False
 
 
+def receipt_rule(received_at: datetime, receipt: date, policy: Policy) -> str:
+    """The first line of every ``DueDates.rules``: the only one that names the exact time."""
+    return f"receipt: {received_at.isoformat()} is {_fmt(receipt)} in {policy.controller_timezone}"
+
+
+def receipt_dates(received_at: datetime, policy: Policy) -> tuple[date, ...]:
+    """Every calendar date of ``received_at`` that ``compute_due`` looks at (the controller's,
+    the APPI and the conservative time zones): its result depends on the time only
+    through these and ``receipt_rule``."""
+    return (receipt_date_of(received_at, policy.controller_timezone),
+            receipt_date_of(received_at, policy.appi_timezone),
+            *(receipt_date_of(received_at, tz) for tz in policy.conservative_tz))
+
+
 def compute_due(
     received_at: datetime,
     labels: Iterable[str],
@@ -787,9 +801,7 @@ def compute_due(
     "gdpr". No category means "other" (triage). The case due is the earliest label due.
     """
     receipt = receipt_date_of(received_at, policy.controller_timezone)
-    rules: list[str] = [
-        f"receipt: {received_at.isoformat()} is {_fmt(receipt)} in {policy.controller_timezone}"
-    ]
+    rules: list[str] = [receipt_rule(received_at, receipt, policy)]
     categories, flagged = split_labels(labels, policy)
     if not categories:
         categories = ("other",)

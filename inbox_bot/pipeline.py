@@ -83,6 +83,7 @@ class Intake:
     max_ahead: int = 40
     max_ahead_bytes: int = 64 << 20
     in_batch: Callable[[Session], None] | None = None   # extra writes for each batch transaction
+    _planner: Any = field(default=None, init=False, repr=False)   # cases.DatePlanner, for drafts
 
     # -- one pass ----------------------------------------------------------------------------
     def run_pass(self, source: Any) -> Report:
@@ -521,12 +522,13 @@ class Intake:
         Same inputs as the main path (receipt time, labels, language, review flag), so the
         same dates and text; a message that turns out not to open a case wastes its draft."""
         labels = list(verdict.labels)
-        dues = case_ops.compute_dates(received_at, labels, self.policy)
+        if self._planner is None:
+            self._planner = case_ops.DatePlanner(self.policy)
+        dues, next_notice_on = self._planner.plan(received_at, labels)
         case = SimpleNamespace(ref=_REF_SLOT, requester=msg.sender, labels=labels, language=msg.language,
                                needs_review=bool(verdict.needs_review), receipt_date=dues.receipt_date,
                                due_date=dues.due)
-        return AckDraft(received_at=received_at, dues=dues,
-                        next_notice_on=case_ops.first_notice(received_at, labels, dues, self.policy),
+        return AckDraft(received_at=received_at, dues=dues, next_notice_on=next_notice_on,
                         mail=build_ack(self.cfg, case, msg))
 
 

@@ -136,3 +136,21 @@ def test_add_working_days_and_working_days_between_are_inverse(start, n, spec):
     assert working_days_between(start, end, calendar) == n
     if n != 0:
         assert calendar.is_working_day(end)
+
+
+@settings(max_examples=60, deadline=None)
+@given(policy=st.sampled_from([DEFAULT_POLICY,
+                               replace(DEFAULT_POLICY, controller_timezone="Europe/Berlin",
+                                       conservative_tz=("America/Los_Angeles", "UTC"))]),
+       day=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2030, 12, 31),
+                        timezones=st.just(timezone.utc)),
+       cases=st.lists(st.tuples(st.integers(0, 3 * 24 * 60), label_sets), min_size=1, max_size=25))
+def test_the_date_planner_gives_what_computing_each_case_gives(policy, day, cases):
+    # Receipt times within three days of each other, so that the planner's memo is hit
+    # across midnights in every time zone the policy looks at.
+    from inbox_bot.cases import DatePlanner, compute_dates, first_notice
+    planner = DatePlanner(policy)
+    for minutes, labels in cases:
+        received_at = day + timedelta(minutes=minutes)
+        dues = compute_dates(received_at, labels, policy)
+        assert planner.plan(received_at, labels) == (dues, first_notice(received_at, labels, dues, policy))

@@ -1,7 +1,12 @@
 """Schema migrations: start-up skips Alembic only when the database is already at the head."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
@@ -51,3 +56,24 @@ def test_a_database_at_an_older_revision_is_upgraded(db_url):
     assert at_head(store.engine)
     assert "next_notice_on" in {c["name"] for c in inspect(store.engine).get_columns("cases")}
     store.dispose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=9)),
+                                               timezone(timedelta(hours=-11, minutes=-30))])))
+def test_utc_timestamps_are_stored_on_sqlite_exactly_as_sqlalchemy_would_store_them(value):
+    # UTCDateTime formats SQLite's string itself (faster); comparisons in SQL need the
+    # very same string as SQLAlchemy's own two-step processing would give.
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.types import TypeDecorator
+    dialect = sqlite.dialect()
+    column_type = store_mod.UTCDateTime()
+    generic = TypeDecorator.bind_processor(column_type.dialect_impl(dialect), dialect)
+    assert column_type._cached_bind_processor(dialect)(value) == generic(value)
+
+
+def test_a_naive_timestamp_is_refused_on_sqlite_too():
+    from sqlalchemy.dialects import sqlite
+    with pytest.raises(ValueError, match="naive"):
+        store_mod.UTCDateTime().bind_processor(sqlite.dialect())(datetime(2026, 1, 1))
