@@ -3,6 +3,7 @@ PostgreSQL, the shipped classifier loaded once."""
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REALWORLD = SHARED / "corpus" / "realworld"
 PG_ADMIN_URL = os.environ.get("INBOX_BOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+# The language model cache (inbox_bot.language) of the tests and the bots they start: not the
+# user's ~/.cache.
+os.environ.setdefault("INBOX_BOT_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"inbox-bot-test-cache-{os.getuid()}"))
 
 
 @pytest.fixture(scope="session")

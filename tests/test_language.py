@@ -82,3 +82,37 @@ def test_one_line_english_requests_are_english() -> None:
     for text in ("Where is my data?", "Data request", "Delete my account",
                  "I want a copy of my personal data."):
         assert detect(text) == "en", text
+
+
+def _fresh_detector(monkeypatch: pytest.MonkeyPatch, cache_dir) -> object:
+    monkeypatch.setenv(language.CACHE_ENV, str(cache_dir))
+    monkeypatch.setattr(language, "_detector", None)
+    return language._get_detector()
+
+
+def test_the_cached_language_model_decides_exactly_as_the_shipped_one(tmp_path, monkeypatch):
+    from tests.conftest import ROOT
+    from inbox_bot.training import load_corpus
+    texts = [t for e in load_corpus(ROOT / "models" / "data" / "train")
+             for t in (e.subject, e.body[:400])][:1500]
+    built = _fresh_detector(monkeypatch, tmp_path)               # from py3langid's file
+    assert list(tmp_path.glob("py3langid-*.npz"))
+    cached = _fresh_detector(monkeypatch, tmp_path)              # from the cache
+    assert cached is not built
+    assert [cached.classify(t) for t in texts] == [built.classify(t) for t in texts]
+
+
+def test_a_damaged_language_model_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
+    _fresh_detector(monkeypatch, tmp_path)
+    (cache,) = tmp_path.glob("py3langid-*.npz")
+    cache.write_bytes(b"not a model")
+    detector = _fresh_detector(monkeypatch, tmp_path)
+    assert detector.classify("Bitte löschen Sie meine Daten")[0] == "de"
+    assert "unusable" in caplog.text and cache.stat().st_size > 1000
+
+
+def test_an_unwritable_cache_directory_only_costs_time(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("")                   # a file where the directory should be
+    detector = _fresh_detector(monkeypatch, blocked / "cache")
+    assert detector.classify("Je voudrais une copie de mes données")[0] == "fr"
