@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from imapclient import IMAPClient  # noqa: E402
 
+from bench import smtp_sink  # noqa: E402
 from tests import mailgen  # noqa: E402
 from tests.e2e import write_config  # noqa: E402
 from tests.servers import DovecotServer, ImapAccount, SmtpServer, find_dovecot  # noqa: E402
@@ -89,10 +90,10 @@ def generate_messages(n: int) -> list[bytes]:
     return raws
 
 
-def load_mailbox(server: DovecotServer, raws: list[bytes], chunk: int) -> float:
-    """MULTIAPPEND everything into INBOX; returns the seconds it took."""
+def load_mailbox(server: DovecotServer, raws: list[bytes], chunk: int, user: str = USER) -> float:
+    """MULTIAPPEND everything into the user's INBOX; returns the seconds it took."""
     started = time.perf_counter()
-    server.append_many(USER, FOLDER, raws, chunk=chunk)
+    server.append_many(user, FOLDER, raws, chunk=chunk)
     return time.perf_counter() - started
 
 
@@ -389,13 +390,104 @@ def terminated_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass
+class EndToEnd:
+    """One ``run --once`` over the whole mailbox, against one SMTP server."""
+    smtp_server: str
+    seconds: float
+    returncode: int
+    report: dict[str, Any]
+    peak_rss_mb: float | None
+    tree_pss_mb: float | None
+    cpu_s: float | None
+    others_cpu: dict[str, Any]
+    cases: int
+    acks: int
+    recipients: int
+    left_in_inbox: int
+    top_functions: str = ""
+
+
+def open_smtp_server(kind: str, stack: ExitStack) -> Any:
+    if kind == "aiosmtpd":
+        server = stack.enter_context(SmtpServer())
+        server.name = f"aiosmtpd {_version('aiosmtpd')}"
+        return server
+    binary = smtp_sink.find() or smtp_sink.fetch()
+    if binary is None:
+        return None
+    sink = stack.enter_context(smtp_sink.SmtpSink(binary))
+    sink.name = f"postfix smtp-sink {binary.version()}"
+    return sink
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+    return version(package)
+
+
+def server_cpu(smtp: Any) -> float:
+    """CPU seconds the SMTP server has used: smtp-sink is its own process; aiosmtpd is a
+    thread of this one (with the samplers, a few per cent of it)."""
+    return smtp.cpu_seconds() if isinstance(smtp, smtp_sink.SmtpSink) else _own_cpu()
+
+
+def received(smtp: Any, expected: int) -> tuple[int, int]:
+    """(mails, distinct recipient lists) the server has."""
+    if isinstance(smtp, smtp_sink.SmtpSink):
+        mails = smtp.messages()
+        return len(mails), len({m.rcpt_tos for m in mails})
+    acks = wait_for_acks(smtp, expected)
+    return acks, len({m.rcpt_tos for m in smtp.messages})
+
+
+def run_end_to_end(args: argparse.Namespace, dovecot: Any, smtp: Any, user: str, work: Path,
+                   env: dict[str, str], settings: dict[str, Any]) -> EndToEnd:
+    account = dovecot.add_user(user, PASSWORD)
+    load_mailbox(dovecot, generate_messages(args.n), args.append_chunk, user)
+    e2e_dir = _subdir(work, user)
+    config = write_config(e2e_dir, account, smtp, **settings)
+    peak_rss_mb: float | None = None
+    others_cpu: dict[str, Any] = {}
+    tree_pss_mb: float | None = None
+    cpu_s: float | None = None
+    top_functions = ""
+    if args.profile:
+        seconds, report_json, top_functions = run_in_process(config, env, args.log_level,
+                                                             args.profile, args.top)
+        returncode = 0          # in-process: RSS is the bench's, not the bot's
+    else:
+        dovecot_cpu_before = session_cpu(dovecot)
+        server_cpu_before = server_cpu(smtp)
+        child = run_child(config, env, args.log_level, args.timeout)
+        others_cpu = {"dovecot_cpu_s": round(session_cpu(dovecot) - dovecot_cpu_before, 2),
+                      "smtp_server_cpu_s": round(server_cpu(smtp) - server_cpu_before, 2),
+                      "bot_cpu_by_process_s": child.cpu_by_process}
+        seconds, report_json, returncode = child.seconds, child.stdout, child.returncode
+        peak_rss_mb, tree_pss_mb, cpu_s = child.peak_rss_mb, child.peak_tree_pss_mb, child.cpu_s
+        if returncode != 0:
+            logger.error("run --once exited %d:\n%s", returncode, child.stderr_tail)
+    acks, recipients = received(smtp, args.n)
+    logger.info("end to end with %s: %.2f s", smtp.name, seconds)
+    return EndToEnd(smtp.name, seconds, returncode, _last_json_line(report_json), peak_rss_mb,
+                    tree_pss_mb, cpu_s, others_cpu, count_cases(e2e_dir / "inbox-bot.sqlite3"),
+                    acks, recipients, len(dovecot.list_uids(user, FOLDER)), top_functions)
+
+
 def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """Returns the figures and the list of failed checks."""
     failures: list[str] = []
+    runs: list[EndToEnd] = []
     with ExitStack() as stack:
         stack.enter_context(terminated_cleanly())
         dovecot = stack.enter_context(DovecotServer(tls=False))
-        smtp = stack.enter_context(SmtpServer())
+        servers = {kind: open_smtp_server(kind, stack) for kind in args.smtp}
+        for kind in [k for k, server in servers.items() if server is None]:
+            logger.warning("no smtp-sink (Debian's postfix package could not be fetched); "
+                           "skipping the run against it")
+            del servers[kind]
+        if not servers:
+            raise SystemExit("no SMTP server to run against")
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-intake-")))
         account = dovecot.add_user(USER, PASSWORD)
         idle = dovecot.add_user(IDLE_USER, PASSWORD)
@@ -413,51 +505,29 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
 
         env = child_environment(args.batch, args.model, args.set)
         settings = bot_settings(args.n)
-        startup = run_child(write_config(_subdir(work, "idle"), idle, smtp, **settings), env,
+        primary = next(iter(servers.values()))
+        startup = run_child(write_config(_subdir(work, "idle"), idle, primary, **settings), env,
                             args.log_level, args.timeout)
         if startup.returncode != 0:
             failures.append(f"run --once on the empty mailbox exited {startup.returncode}")
         logger.info("startup (empty mailbox): %.2f s", startup.seconds)
 
-        e2e_dir = _subdir(work, "e2e")
-        config = write_config(e2e_dir, account, smtp, **settings)
-        peak_rss_mb: float | None
-        others_cpu: dict[str, Any] = {}
-        tree_pss_mb: float | None = None
-        cpu_s: float | None = None
-        top_functions = ""
-        if args.profile:
-            seconds, report_json, top_functions = run_in_process(config, env, args.log_level,
-                                                                 args.profile, args.top)
-            returncode, peak_rss_mb = 0, None   # in-process: RSS is the bench's, not the bot's
-        else:
-            dovecot_cpu_before = session_cpu(dovecot)
-            bench_cpu_before = _own_cpu()
-            child = run_child(config, env, args.log_level, args.timeout)
-            others_cpu = {"dovecot_cpu_s": round(session_cpu(dovecot) - dovecot_cpu_before, 2),
-                          "smtp_server_cpu_s": round(_own_cpu() - bench_cpu_before, 2)}
-            seconds, report_json, returncode = child.seconds, child.stdout, child.returncode
-            peak_rss_mb = child.peak_rss_mb
-            tree_pss_mb, cpu_s = child.peak_tree_pss_mb, child.cpu_s
-            others_cpu["bot_cpu_by_process_s"] = child.cpu_by_process
-            if returncode != 0:
-                failures.append(f"run --once exited {returncode}:\n{child.stderr_tail}")
-        logger.info("end to end: %.2f s", seconds)
-
-        report = _last_json_line(report_json)
-        cases = count_cases(e2e_dir / "inbox-bot.sqlite3")
-        acks = wait_for_acks(smtp, args.n)
-        recipients = len({m.rcpt_tos for m in smtp.messages})
-        left_in_inbox = len(dovecot.list_uids(USER, FOLDER))
-        if cases != args.n:
-            failures.append(f"{cases} cases in the database, expected {args.n}")
-        if acks != args.n or recipients != args.n:
-            failures.append(f"SMTP server received {acks} acknowledgements for {recipients} "
-                            f"recipients, expected {args.n}")
+        for kind, smtp in servers.items():
+            run = run_end_to_end(args, dovecot, smtp, f"e2e-{kind}", work, env, settings)
+            runs.append(run)
+            if run.returncode != 0:
+                failures.append(f"run --once against {run.smtp_server} exited {run.returncode}")
+            if run.cases != args.n:
+                failures.append(f"{run.smtp_server}: {run.cases} cases in the database, expected {args.n}")
+            if run.acks != args.n or run.recipients != args.n:
+                failures.append(f"{run.smtp_server} received {run.acks} acknowledgements for "
+                                f"{run.recipients} recipients, expected {args.n}")
 
     floor_rate = floor.messages / floor.seconds
-    e2e_rate = args.n / seconds
-    steady = seconds - startup.seconds
+    main = runs[0]
+    e2e_rate = args.n / main.seconds
+    steady = main.seconds - startup.seconds
+    report = main.report
     results: dict[str, Any] = {
         "n": args.n,
         "mix": floor.languages,
@@ -466,18 +536,19 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "load_s": round(load_s, 2),
         "floor_s": round(floor.seconds, 2),
         "floor_msgs_per_s": round(floor_rate, 1),
-        "e2e_s": round(seconds, 2),
+        "smtp_server": main.smtp_server,
+        "e2e_s": round(main.seconds, 2),
         "e2e_msgs_per_s": round(e2e_rate, 1),
         "ratio": round(e2e_rate / floor_rate, 3),
         "startup_s": round(startup.seconds, 2),
         "startup_peak_rss_mb": round(startup.peak_rss_mb, 1),
         "e2e_after_startup_msgs_per_s": round(args.n / steady, 1) if steady > 0 else None,
         "ratio_after_startup": round(args.n / steady / floor_rate, 3) if steady > 0 else None,
-        "peak_rss_mb": None if peak_rss_mb is None else round(peak_rss_mb, 1),
-        "peak_tree_pss_mb": None if tree_pss_mb is None else round(tree_pss_mb, 1),
-        "bot_cpu_s": None if cpu_s is None else round(cpu_s, 2),
+        "peak_rss_mb": None if main.peak_rss_mb is None else round(main.peak_rss_mb, 1),
+        "peak_tree_pss_mb": None if main.tree_pss_mb is None else round(main.tree_pss_mb, 1),
+        "bot_cpu_s": None if main.cpu_s is None else round(main.cpu_s, 2),
         # The servers run on the same machine and take their share of the CPUs.
-        **others_cpu,
+        **main.others_cpu,
         "mode": "in-process cProfile" if args.profile else "subprocess",
         # Other load on the machine skews every rate above: say how busy it was.
         "cpus": os.cpu_count(),
@@ -487,14 +558,23 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "dispositions": report.get("dispositions"),
         "held": len(report.get("held") or []),
         "sent_by_run": report.get("sent"),
-        "cases": cases,
-        "acks_received": acks,
-        "ack_recipients": recipients,
-        "left_in_inbox": left_in_inbox,
+        "cases": main.cases,
+        "acks_received": main.acks,
+        "ack_recipients": main.recipients,
+        "left_in_inbox": main.left_in_inbox,
     }
-    if top_functions:
+    # The same run against each further SMTP server, for comparison.
+    for other in runs[1:]:
+        results[f"with {other.smtp_server}"] = {
+            "e2e_s": round(other.seconds, 2),
+            "ratio": round(args.n / other.seconds / floor_rate, 3),
+            "bot_cpu_s": None if other.cpu_s is None else round(other.cpu_s, 2),
+            **{k: v for k, v in other.others_cpu.items() if k != "bot_cpu_by_process_s"},
+            "peak_tree_pss_mb": None if other.tree_pss_mb is None else round(other.tree_pss_mb, 1),
+            "cases": other.cases, "acks_received": other.acks}
+    if main.top_functions:
         results["profile"] = str(args.profile)
-        print(top_functions, file=sys.stderr)
+        print(main.top_functions, file=sys.stderr)
     return results, failures
 
 
@@ -510,6 +590,14 @@ def missed_targets(results: dict[str, Any]) -> list[str]:
     if tree is not None and tree > TARGETS["peak_rss_mb"]:
         missed.append(f"peak PSS of the process tree {tree} MB > {TARGETS['peak_rss_mb']} MB")
     return missed
+
+
+def _server_list(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = set(kinds) - {"sink", "aiosmtpd"}
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown SMTP server(s): {', '.join(sorted(unknown)) or '(none)'}")
+    return list(dict.fromkeys(kinds))
 
 
 def _subdir(parent: Path, name: str) -> Path:
@@ -547,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="classifier model for the bot (default: the shipped model)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION_KEY=VALUE",
                         help="a bot setting for the runs, as INBOX_BOT_<SECTION_KEY> (repeatable)")
+    parser.add_argument("--smtp", default="sink,aiosmtpd", type=_server_list,
+                        help="SMTP servers to run end to end against, the first one's figures "
+                             "on top: sink (Postfix's smtp-sink, see smtp_sink.py) and/or "
+                             "aiosmtpd (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
