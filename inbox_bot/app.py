@@ -69,7 +69,7 @@ class App:
             from .prepare import WorkerPool, default_processes
             processes = default_processes(self.cfg.bot.workers)
             if processes > 0:
-                self.intake.workers = WorkerPool(self.intake, processes)
+                self.intake.workers = WorkerPool(self.intake.classifier, processes)
 
     def stop_workers(self) -> None:
         if self.intake.workers is not None:

@@ -83,7 +83,7 @@ class Intake:
     max_ahead: int = 40
     max_ahead_bytes: int = 64 << 20
     in_batch: Callable[[Session], None] | None = None   # extra writes for each batch transaction
-    _planner: Any = field(default=None, init=False, repr=False)   # cases.DatePlanner, for drafts
+    _planner: Any = field(default=None, init=False, repr=False)   # cases.DatePlanner of the new cases
 
     # -- one pass ----------------------------------------------------------------------------
     def run_pass(self, source: Any) -> Report:
@@ -104,7 +104,7 @@ class Intake:
             nonlocal held_bytes
             for i in range(0, len(items), self.batch_size):
                 chunk = items[i:i + self.batch_size]
-                future = self._submit([(raw, received_at) for _, raw, received_at in chunk])
+                future = self._submit([raw for _, raw, _ in chunk])
                 size = sum(len(raw) for _, raw, _ in chunk) if future is not None else 0
                 ahead.append(([rid for rid, _, _ in chunk], future, size))
                 held_bytes += size
@@ -121,13 +121,13 @@ class Intake:
         report.merge(self.process_pending())
         return report
 
-    def _submit(self, items: list[tuple[bytes, datetime]]) -> Future[Any] | None:
+    def _submit(self, raws: list[bytes]) -> Future[Any] | None:
         """Hand a batch to the workers; None (prepare it here) when there are none or the
         pool broke, e.g. a worker was killed: that costs time, never a message."""
         if self.workers is None:
             return None
         try:
-            return self.workers.submit(items)
+            return self.workers.submit(raws)
         except Exception:
             logger.exception("the worker pool is broken; parsing and classifying here from now on")
             self._drop_workers()
@@ -144,12 +144,9 @@ class Intake:
     def _process_ids(self, ids: list[int], future: Future[Any] | None,
                      report: Report) -> None:
         ready: dict[int, Prepared] = {}
-        drafts: dict[int, AckDraft] = {}
         if future is not None:
             try:
-                prepared, drafted = future.result()
-                ready = dict(zip(ids, prepared))
-                drafts = {rid: d for rid, d in zip(ids, drafted) if d is not None}
+                ready = dict(zip(ids, future.result()))
             except BrokenExecutor:
                 logger.exception("a worker process died; parsing and classifying here from now on")
                 self._drop_workers()
@@ -164,7 +161,7 @@ class Intake:
                 if missing:
                     ready.update(zip((r.id for r in missing),
                                      prepare(self.classifier, [r.raw for r in missing])))
-                self._process_rows(s, rows, [ready[r.id] for r in rows], report, drafts)
+                self._process_rows(s, rows, [ready[r.id] for r in rows], report)
 
     # -- journal -----------------------------------------------------------------------------
     def journal(self, source: Any,
@@ -265,8 +262,7 @@ class Intake:
         return list(s.execute(q.limit(limit).with_for_update(skip_locked=True)).scalars())
 
     def _process_rows(self, s: Session, rows: list[JournalRow], prepared: list[Prepared],
-                      report: Report, drafts: dict[int, "AckDraft"] | None = None) -> None:
-        self._drafts = drafts or {}
+                      report: Report) -> None:
         fast = Report()
         try:
             # Optimistic: the whole batch in one savepoint, written in one flush.
@@ -417,16 +413,14 @@ class Intake:
             received_at=row.received_at, thread_message_id=msg.message_id,
             linked_case_id=decision.linked_case.id if decision.linked_case else None)
         if self._new_cases is not None:
-            draft = self._drafts.get(row.id)
-            if draft is not None and draft.received_at != row.received_at:
-                draft = None                 # drafted for another receipt time: start over
-            planned = {"dues": draft.dues, "next_notice_on": draft.next_notice_on} if draft else {}
+            dues, next_notice_on = self._plan_dates(row.received_at, list(verdict.labels))
+            planned = {"dues": dues, "next_notice_on": next_notice_on}
             case = case_ops.new_case(s, factory=SimpleNamespace, **planned, **fields)
             item = self._new_cases.open(s, row, case)
             self._done(row, "case_opened")
             logger.info("case %s opened: labels=%s due=%s", case.ref, ",".join(case.labels), case.due_date)
             report.cases_opened.append(case.ref)
-            self._acknowledge_new(s, item, msg, row, now, draft)
+            self._acknowledge_new(s, item, msg, row, now)
             return
         case = case_ops.open_case(s, inbound_id=row.id, **fields)
         self._done(row, "case_opened", case=case)
@@ -498,7 +492,7 @@ class Intake:
                             outbox=sent)
 
     def _acknowledge_new(self, s: Session, item: Any, msg: InboundMessage, row: JournalRow,
-                         now: datetime, draft: "AckDraft | None" = None) -> None:
+                         now: datetime) -> None:
         """``_acknowledge`` for a case held by the bulk writer: the same rows and events."""
         assert self._new_cases is not None
         case = item.case
@@ -506,7 +500,7 @@ class Intake:
         if why_not:
             self._new_cases.event(item, "ack_withheld", reason=why_not, inbound=True)
             return
-        mail = draft.finish(case.ref) if draft is not None else build_ack(self.cfg, case, msg)
+        mail = build_ack(self.cfg, case, msg)
         values = outbox.outbox_values(mail, dedupe_key=f"ack:case:{case.ref}", now=now)
         self._new_cases.queue(s, item, values)
         self._budget.spend(case.requester)
@@ -514,40 +508,11 @@ class Intake:
                               new={"template": mail.template, "message_id": values["message_id"]})
         self._new_cases.set_status(item, "acknowledged", reason="acknowledgement queued", outbox=True)
 
-    # -- drafts (run in the workers) -----------------------------------------------------------
-    def draft_ack(self, msg: InboundMessage, verdict: Any, received_at: datetime) -> "AckDraft":
-        """What a new case for this message would be due, when it would first need a reminder
-        and what its acknowledgement would say, without the database: the
-        workers compute it while this process writes, and only the case id is filled in here.
-        Same inputs as the main path (receipt time, labels, language, review flag), so the
-        same dates and text; a message that turns out not to open a case wastes its draft."""
-        labels = list(verdict.labels)
+    def _plan_dates(self, received_at: datetime, labels: list[str]) -> tuple[Any, Any]:
+        """Due dates and first reminder date of a new case (cases.DatePlanner)."""
         if self._planner is None:
             self._planner = case_ops.DatePlanner(self.policy)
-        dues, next_notice_on = self._planner.plan(received_at, labels)
-        case = SimpleNamespace(ref=_REF_SLOT, requester=msg.sender, labels=labels, language=msg.language,
-                               needs_review=bool(verdict.needs_review), receipt_date=dues.receipt_date,
-                               due_date=dues.due)
-        return AckDraft(received_at=received_at, dues=dues, next_notice_on=next_notice_on,
-                        mail=build_ack(self.cfg, case, msg))
-
-
-_REF_SLOT = "\ue000case-id\ue000"     # private-use characters: no template or escaping alters them
-
-
-@dataclass(frozen=True)
-class AckDraft:
-    received_at: datetime
-    dues: Any                                # deadlines.DueDates
-    next_notice_on: Any                      # first reminder date or None (cases.first_notice)
-    mail: outbox.OutgoingMail                # rendered with _REF_SLOT for the case id
-
-    def finish(self, ref: str) -> outbox.OutgoingMail:
-        from dataclasses import replace
-        m = self.mail
-        return replace(m, subject=m.subject.replace(_REF_SLOT, ref), text=m.text.replace(_REF_SLOT, ref),
-                       html=m.html.replace(_REF_SLOT, ref) if m.html else m.html, id_hint=ref,
-                       references=list(m.references))
+        return self._planner.plan(received_at, labels)
 
 
 def build_ack(cfg: Config, case: Case, msg: InboundMessage) -> outbox.OutgoingMail:

@@ -119,24 +119,13 @@ def default_processes(setting: int) -> int:
     return max(cpus - 1, 0)
 
 
-_context: Any = None     # set in the parent before the fork; the workers inherit it
+_classifier: Any = None     # set in the parent before the fork; the workers inherit it
 
 
-def _work(items: list[tuple[bytes, Any]]) -> tuple[list[Prepared], list[Any]]:
-    """Parse and classify, then draft each acknowledgement as far as it goes without the
-    database (``context.draft_ack``: due dates and rendered text; the case id comes later)."""
-    prepared = [(PrepareError(f"{type(m).__name__}: {m}") if isinstance(m, Exception) else m, v)
-                for m, v in prepare(_context.classifier, [raw for raw, _ in items])]
-    drafts = []
-    for (msg, verdict), (_, received_at) in zip(prepared, items):
-        draft = None
-        if isinstance(msg, InboundMessage) and verdict is not None:
-            try:
-                draft = _context.draft_ack(msg, verdict, received_at)
-            except Exception:      # the main process builds the acknowledgement itself
-                logger.warning("drafting an acknowledgement failed", exc_info=True)
-        drafts.append(draft)
-    return prepared, drafts
+def _work(raws: list[bytes]) -> list[Prepared]:
+    """``prepare`` in a worker, failures turned into text (any exception can cross back)."""
+    return [(PrepareError(f"{type(m).__name__}: {m}") if isinstance(m, Exception) else m, v)
+            for m, v in prepare(_classifier, raws)]
 
 
 def _ready() -> int:
@@ -152,7 +141,7 @@ def _init_worker(parent: int) -> None:
         os._exit(0)
     # Load the models now, before the first batch, while the parent fetches. A failure
     # breaks the pool: the parent then prepares (and so loads, and reports) itself.
-    load = getattr(_context.classifier, "get", None)
+    load = getattr(_classifier, "get", None)
     if load is not None:
         load()
     else:                        # a classifier handed in ready-made (tests, tools)
@@ -176,10 +165,11 @@ def die_with_parent(name: str) -> None:
 class WorkerPool:
     """Processes that parse and classify batches; create it before starting any thread."""
 
-    def __init__(self, context: Any, processes: int) -> None:
-        """``context``: the intake (its ``classifier`` and ``draft_ack``)."""
-        global _context
-        _context = context
+    def __init__(self, classifier: Any, processes: int) -> None:
+        """``classifier``: a ``LazyClassifier`` (each worker loads it as it starts) or a
+        loaded one (shared with the workers)."""
+        global _classifier
+        _classifier = classifier
         # Everything loaded so far lives as long as the process: keep the collector off it,
         # in here and in the workers (a collection would also touch, and so copy, every
         # page they share).
@@ -193,9 +183,9 @@ class WorkerPool:
         self._executor.submit(_ready)
         logger.info("%d parse/classify worker process(es) started", processes)
 
-    def submit(self, items: list[tuple[bytes, Any]]) -> Future[tuple[list[Prepared], list[Any]]]:
-        """(raw bytes, receipt time) of each message -> (prepared, drafts)."""
-        return self._executor.submit(_work, items)
+    def submit(self, raws: list[bytes]) -> Future[list[Prepared]]:
+        """The raw bytes of a batch -> (message or failure, classification) of each."""
+        return self._executor.submit(_work, raws)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -221,8 +221,8 @@ def _second_database(db_url: str, tmp_path: Path):
 
 
 def test_bulk_written_cases_are_the_same_rows_as_the_one_by_one_path(tmp_path, db_url, monkeypatch):
-    """The batch writer (case_batch) with acknowledgements drafted in a worker, and the ORM
-    path (open_case + _acknowledge) in one process, write the same rows and the same mail."""
+    """The batch writer (case_batch), fed by a worker process, and the ORM path (open_case +
+    _acknowledge) in one process, write the same rows and the same mail."""
     import inbox_bot.pipeline as pipeline
 
     def run(sub: str, url: str, bulk: bool):
@@ -230,7 +230,7 @@ def test_bulk_written_cases_are_the_same_rows_as_the_one_by_one_path(tmp_path, d
             monkeypatch.setattr(pipeline, "NewCaseBatch", lambda: None)
         (tmp_path / sub).mkdir()
         app, transport, box = make_app(tmp_path / sub, url)
-        # The bulk run parses, classifies and drafts the acks in a worker process.
+        # The bulk run parses and classifies in a worker process.
         app.cfg = replace(app.cfg, bot=replace(app.cfg.bot, sender_budget=1, workers=1 if bulk else 0))
         app.intake.cfg = app.cfg
         for inq in mailgen.twenty_inquiries():
