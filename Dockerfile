@@ -18,6 +18,11 @@ RUN useradd --system --create-home --home-dir /var/lib/inbox-bot --uid 10001 inb
 USER inbox-bot
 WORKDIR /var/lib/inbox-bot
 
+# The language model, restricted to our languages and uncompressed, cached in the image:
+# every start of the container then loads it in 0.15 s instead of 0.5 s.
+ENV INBOX_BOT_CACHE_DIR=/var/lib/inbox-bot/cache
+RUN python -c "from inbox_bot import language; language.warm_up()"
+
 # The default configuration is the embedded one (SQLite in the working directory); mount a
 # TOML file and point INBOX_BOT_CONFIG at it for a real mailbox.
 CMD ["inbox-bot", "run"]

@@ -152,6 +152,7 @@ class ChildRun:
     peak_tree_pss_mb: float = 0.0    # the whole process tree (bot, workers, sender), sampled
     tree_processes: int = 0
     cpu_by_process: dict[str, float] | None = None
+    peak_rss_by_process: dict[str, float] | None = None
 
 
 def session_cpu(dovecot: Any) -> float:
@@ -186,6 +187,7 @@ class TreeMemory:
         # Last CPU seconds seen per process, and its name (the bot names its workers
         # "inbox-bot-work" and its sender "inbox-bot-send"): where the CPU went.
         self.cpu: dict[int, tuple[str, float]] = {}
+        self.hwm_kb: dict[int, int] = {}        # peak RSS (VmHWM) per process
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -223,6 +225,10 @@ class TreeMemory:
                     fields = tail.split()
                     self.cpu[pid] = (head.partition("(")[2],
                                      (int(fields[11]) + int(fields[12])) / self._ticks)
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.hwm_kb[pid] = int(line.split()[1])
+                            break
                     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                         if line.startswith("Pss:"):
                             total += int(line.split()[1])
@@ -243,6 +249,14 @@ class TreeMemory:
         for pid, (name, seconds) in self.cpu.items():
             out["main" if pid == self.pid else name] += seconds
         return {name: round(seconds, 2) for name, seconds in sorted(out.items())}
+
+    def peak_rss_by_name(self) -> dict[str, float]:
+        """Peak RSS in MB per process name (the largest one of a name)."""
+        out: dict[str, float] = {}
+        for pid, kb in self.hwm_kb.items():
+            name = "main" if pid == self.pid else self.cpu.get(pid, ("?", 0.0))[0]
+            out[name] = max(out.get(name, 0.0), round(kb / 1024, 1))
+        return dict(sorted(out.items()))
 
 
 def bot_settings(n: int) -> dict[str, Any]:
@@ -313,7 +327,8 @@ def run_child(config: Path, env: dict[str, str], log_level: str, timeout: float)
     return ChildRun(proc.returncode, seconds, usage.ru_maxrss / 1024,   # KiB on Linux
                     out_path.read_text(errors="replace"), "\n".join(stderr_lines[-20:]),
                     cpu_s=usage.ru_utime + usage.ru_stime, peak_tree_pss_mb=memory.peak_mb,
-                    tree_processes=memory.processes, cpu_by_process=memory.cpu_by_name())
+                    tree_processes=memory.processes, cpu_by_process=memory.cpu_by_name(),
+                    peak_rss_by_process=memory.peak_rss_by_name())
 
 
 def run_in_process(config: Path, env: dict[str, str], log_level: str, profile_path: Path,
@@ -462,7 +477,8 @@ def run_end_to_end(args: argparse.Namespace, dovecot: Any, smtp: Any, user: str,
         child = run_child(config, env, args.log_level, args.timeout)
         others_cpu = {"dovecot_cpu_s": round(session_cpu(dovecot) - dovecot_cpu_before, 2),
                       "smtp_server_cpu_s": round(server_cpu(smtp) - server_cpu_before, 2),
-                      "bot_cpu_by_process_s": child.cpu_by_process}
+                      "bot_cpu_by_process_s": child.cpu_by_process,
+                      "peak_rss_by_process_mb": child.peak_rss_by_process}
         seconds, report_json, returncode = child.seconds, child.stdout, child.returncode
         peak_rss_mb, tree_pss_mb, cpu_s = child.peak_rss_mb, child.peak_tree_pss_mb, child.cpu_s
         if returncode != 0:
@@ -569,7 +585,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
             "e2e_s": round(other.seconds, 2),
             "ratio": round(args.n / other.seconds / floor_rate, 3),
             "bot_cpu_s": None if other.cpu_s is None else round(other.cpu_s, 2),
-            **{k: v for k, v in other.others_cpu.items() if k != "bot_cpu_by_process_s"},
+            **other.others_cpu,
             "peak_tree_pss_mb": None if other.tree_pss_mb is None else round(other.tree_pss_mb, 1),
             "cases": other.cases, "acks_received": other.acks}
     if main.top_functions:
