@@ -1,26 +1,32 @@
 """Benchmark the intake end to end against a bare fetch+parse floor (intake acceptance "h").
 
     .venv/bin/python bench/bench_intake.py [--n 10000] [--batch 500] [--model DIR]
+                                           [--smtp sink,aiosmtpd] [--set SECTION_KEY=VALUE]
                                            [--json] [--check] [--profile FILE.prof]
 
-Starts a private Dovecot and an aiosmtpd server (tests/servers.py), MULTIAPPENDs ``--n``
-generated inquiries (70 % English, 20 % Japanese split between ISO-2022-JP and Shift_JIS,
-10 % German; every sender and Message-ID unique) and measures:
+Starts a private Dovecot and the SMTP servers (``--smtp``: Postfix's smtp-sink, see
+smtp_sink.py, and aiosmtpd from tests/servers.py), MULTIAPPENDs ``--n`` generated inquiries
+(70 % English, 20 % Japanese split between ISO-2022-JP and Shift_JIS, 10 % German; every
+sender and Message-ID unique) and measures:
 
 1. the floor: one IMAP connection, UID FETCH (BODY.PEEK[] INTERNALDATE) in batches and
    ``inbox_bot.parse.parse()`` of every message; no database, no classification, and the
    mailbox is examined read-only so the messages stay in INBOX, unseen;
-2. end to end: ``inbox-bot run --once`` as a child process against that mailbox and server
-   (SQLite in a temp dir), its wall clock and its own peak RSS (``wait4`` rusage), then the
-   cases in the database and the acknowledgements the SMTP server received.
+2. end to end, once per SMTP server, each on its own copy of the mailbox: ``inbox-bot run
+   --once`` as a child process (SQLite in a temp dir), its wall clock, the peak memory of its
+   process tree, the CPU of each of its processes and of the servers, then the cases in the
+   database and the acknowledgements the SMTP server received. The first server's figures
+   lead; the others follow under "with <server>".
 
 The fixed cost of a run (imports, model load, migrations, logins) is measured separately with
 ``run --once`` on an empty mailbox and reported as ``startup_s`` / ``startup_peak_rss_mb``.
 
-Exit status: 1 when the case or acknowledgement count is not ``--n`` or the run failed; with
-``--check`` also when a target (ratio >= 0.5, peak RSS <= 400 MB) is missed; 2 when Dovecot
+Exit status: 1 when the case or acknowledgement count is not ``--n`` or a run failed; with
+``--check`` also when a target (ratio >= 0.5, memory <= 400 MB) is missed; 2 when Dovecot
 is not installed. ``--profile`` runs end to end in-process (``build_app(cfg).run_once()``)
 under cProfile instead of as a child, writes the stats and prints the top functions.
+Environment: ``BENCH_PY_SPY=FILE`` runs the bot under ``py-spy record --subprocesses`` (raw
+stacks to FILE); ``BENCH_KEEP_LOG=FILE`` keeps the bot's log (the last run's).
 """
 from __future__ import annotations
 

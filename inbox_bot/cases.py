@@ -79,12 +79,17 @@ def _event_hash(prev_hash: str, case_ref: str, ev: Any) -> str:
     return _hash_of(prev_hash, case_ref, ev.at, ev.actor, ev.kind, ev.reason, ev.old, ev.new)
 
 
+# What json.dumps(..., sort_keys=True, ensure_ascii=False, default=str) would build for every
+# event: built once (the intake hashes three events per new case).
+_HASH_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+
+
 def _hash_of(prev_hash: str, case_ref: str, at: datetime, actor: str, kind: str, reason: str,
              old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
-    body = json.dumps({
+    body = _HASH_ENCODER.encode({
         "prev": prev_hash, "case": case_ref, "at": at.astimezone(timezone.utc).isoformat(),
         "actor": actor, "kind": kind, "reason": reason, "old": old, "new": new,
-    }, sort_keys=True, ensure_ascii=False, default=str)
+    })
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 

@@ -160,3 +160,17 @@ def test_event_values_are_what_json_would_give_back(value):
     """Event old/new are hashed as stored: the direct conversion equals a JSON round trip."""
     expected = json.loads(json.dumps(value, default=_round_trip_default, ensure_ascii=False))
     assert cases._jsonable(value) == expected
+
+
+@given(st.dictionaries(st.text(max_size=6), _values, max_size=4), st.text(max_size=20))
+def test_the_event_hash_is_the_documented_json_digest(value, reason):
+    """The chain's hash is sha256 of json.dumps(sort_keys, ensure_ascii=False, default=str):
+    old chains keep verifying whatever encodes it."""
+    import hashlib
+    at = datetime(2026, 11, 25, 8, 0, tzinfo=timezone.utc)
+    old, new = cases._jsonable(value), cases._jsonable({"x": value})
+    body = json.dumps({"prev": "p", "case": "PRIV-2026-00001", "at": at.isoformat(), "actor": "bot",
+                       "kind": "status", "reason": reason, "old": old, "new": new},
+                      sort_keys=True, ensure_ascii=False, default=str)
+    assert cases._hash_of("p", "PRIV-2026-00001", at, "bot", "status", reason, old, new) == \
+        hashlib.sha256(body.encode("utf-8")).hexdigest()
