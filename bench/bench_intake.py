@@ -478,6 +478,9 @@ def run_end_to_end(args: argparse.Namespace, dovecot: Any, smtp: Any, user: str,
                                                              args.profile, args.top)
         returncode = 0          # in-process: RSS is the bench's, not the bot's
     else:
+        # An imap process's CPU is added to its parent's when the parent reaps it: let the
+        # processes of the earlier logins end first, or this run would be charged for them.
+        time.sleep(1.0)
         dovecot_cpu_before = session_cpu(dovecot)
         server_cpu_before = server_cpu(smtp)
         child = run_child(config, env, args.log_level, args.timeout)
