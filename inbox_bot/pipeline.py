@@ -76,11 +76,13 @@ class Intake:
     policy: Any                          # deadlines.Policy
     clock: Callable[[], datetime] = utcnow
     workers: WorkerPool | None = None    # parse+classify on other cores; None: inline
-    batch_size: int = 100                # messages per processing transaction
+    # Messages per processing transaction: 250 costs the writer 5 % less CPU than 100 (fewer
+    # lookups, commits and flushes per message; 3 paired runs), 500 no less than 250.
+    batch_size: int = 250
     lookahead: int = 2                   # batches handed to the workers ahead of the writer
     # ...and how far beyond that the writer may journal while the workers are behind (at the
     # start they are still loading their models): in batches, and in bytes held for them.
-    max_ahead: int = 40
+    max_ahead: int = 16
     max_ahead_bytes: int = 64 << 20
     in_batch: Callable[[Session], None] | None = None   # extra writes for each batch transaction
     _planner: Any = field(default=None, init=False, repr=False)   # cases.DatePlanner of the new cases
