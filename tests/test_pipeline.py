@@ -320,3 +320,56 @@ def test_workers_and_one_process_give_the_same_dispositions(tmp_path, db_url):
     assert report.dispositions == {"case_opened": 20, "screened": 1}
     assert app.intake.workers is None                # run_once stopped the pool it started
     app.close()
+
+
+class _LateWorkers:
+    """A stand-in worker pool whose results only exist once asked for: the writer finds
+    every batch not done yet, as at the start of a run while the workers load their models."""
+
+    def __init__(self, classifier) -> None:
+        self.classifier, self.submitted, self.collected = classifier, 0, 0
+        self.most_waiting = 0
+
+    def submit(self, raws):
+        from concurrent.futures import Future
+        from inbox_bot.prepare import prepare
+        pool = self
+        self.submitted += 1
+        self.most_waiting = max(self.most_waiting, self.submitted - self.collected)
+
+        class Late(Future):
+            def result(self, timeout=None):
+                if not super().done():
+                    pool.collected += 1
+                    self.set_result(prepare(pool.classifier, raws))
+                return super().result()
+
+        return Late()
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_writer_journals_ahead_of_slow_workers_but_only_so_far(tmp_path, db_url):
+    app, transport, box = make_app(tmp_path, db_url)
+    app.cfg = replace(app.cfg, bot=replace(app.cfg.bot, global_budget=1000),
+                      mailbox=replace(app.cfg.mailbox, batch_size=50))
+    app.intake.cfg = app.cfg
+    app.intake.batch_size, app.intake.max_ahead = 10, 8
+    for i in range(150):
+        deliver(box, mailgen._utf8(f"ahead{i}@example.net", "", f"Delete my data {i}",
+                                   "Please delete my data.", f"ahead{i}@example.net"))
+    workers = app.intake.workers = _LateWorkers(app.intake.classifier)
+    report = app.intake.run_pass(app_source(app))
+    assert report.dispositions == {"case_opened": 150} and not report.held
+    assert workers.submitted == workers.collected == 15
+    # Fetched 50 at a time (5 batches per fetch). Beyond the lookahead (2, so at most 2 + 5
+    # waiting), and never beyond max_ahead plus one fetch.
+    assert 8 < workers.most_waiting <= 8 + 5
+    app.intake.workers = None
+    app.close()
+
+
+def app_source(app):
+    from inbox_bot.app import open_source
+    return open_source(app.cfg)
