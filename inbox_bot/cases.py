@@ -206,7 +206,7 @@ def new_case(session: Session, *, prefix: str, tz: ZoneInfo, policy: deadlines.P
     ``factory``: the class to build it with; the bulk writer passes a plain namespace, which
     costs a fraction of an ORM instance and is written with Core statements. ``dues`` and
     ``next_notice_on`` (from ``first_notice``; None is a plan too): computed beforehand, e.g.
-    by a worker process."""
+    by a ``DatePlanner``."""
     if dues is None:
         dues = compute_dates(received_at, labels, policy)
     ref = allocate_ref(session, prefix, received_at.astimezone(tz).year)

@@ -102,13 +102,13 @@ class Intake:
             held_bytes -= size
             self._process_ids(ids, future, report)
 
-        def journaled(items: list[tuple[int, bytes, datetime]]) -> None:
+        def journaled(items: list[tuple[int, bytes]]) -> None:
             nonlocal held_bytes
             for i in range(0, len(items), self.batch_size):
                 chunk = items[i:i + self.batch_size]
-                future = self._submit([raw for _, raw, _ in chunk])
-                size = sum(len(raw) for _, raw, _ in chunk) if future is not None else 0
-                ahead.append(([rid for rid, _, _ in chunk], future, size))
+                future = self._submit([raw for _, raw in chunk])
+                size = sum(len(raw) for _, raw in chunk) if future is not None else 0
+                ahead.append(([rid for rid, _ in chunk], future, size))
                 held_bytes += size
             while len(ahead) > (self.lookahead if self.workers else 0):
                 future = ahead[0][1]
@@ -167,9 +167,9 @@ class Intake:
 
     # -- journal -----------------------------------------------------------------------------
     def journal(self, source: Any,
-                on_journaled: Callable[[list[tuple[int, bytes, datetime]]], None] | None = None) -> Report:
+                on_journaled: Callable[[list[tuple[int, bytes]]], None] | None = None) -> Report:
         """Fetch what the source has and store the raw bytes; then let the source move them.
-        ``on_journaled`` gets the (row id, bytes, receipt time) of each committed batch."""
+        ``on_journaled`` gets the (row id, bytes) of each committed batch."""
         report = Report()
         known: dict[tuple[str, int], set[str]] = {}
 
@@ -203,7 +203,7 @@ class Intake:
         return report
 
     def _journal_batch(self, source: Any, batch: list[RawMail], report: Report,
-                       on_journaled: Callable[[list[tuple[int, bytes, datetime]]], None] | None) -> None:
+                       on_journaled: Callable[[list[tuple[int, bytes]]], None] | None) -> None:
         now = self.clock()
         with self.store.session() as s, s.begin():
             for raw in batch:
@@ -222,13 +222,12 @@ class Intake:
                      "fetched_at": now, "status": "received", "attempts": 0} for raw in batch]
             # One executemany; a message already journaled (same mailbox,
             # UIDVALIDITY and UID) is skipped by the unique constraint, never doubled.
-            inserted: list[tuple[int, bytes, datetime]] = []
-            by_uid = {raw.uid: raw for raw in batch}
+            inserted: list[tuple[int, bytes]] = []
+            by_uid = {raw.uid: raw.raw for raw in batch}
             table = JournalRow.__table__
             stmt = _insert(s)(table).on_conflict_do_nothing(
                 index_elements=["mailbox", "uidvalidity", "uid"]).returning(table.c.id, table.c.uid)
-            inserted += [(rid, by_uid[uid].raw, by_uid[uid].received_at)
-                         for rid, uid in s.connection().execute(stmt, rows).all()]
+            inserted += [(rid, by_uid[uid]) for rid, uid in s.connection().execute(stmt, rows).all()]
             inserted.sort()
             report.journaled += len(inserted)
             report.already_journaled += len(rows) - len(inserted)

@@ -116,3 +116,15 @@ def test_an_unwritable_cache_directory_only_costs_time(tmp_path, monkeypatch):
     blocked.write_text("")                   # a file where the directory should be
     detector = _fresh_detector(monkeypatch, blocked / "cache")
     assert detector.classify("Je voudrais une copie de mes données")[0] == "fr"
+
+
+def test_a_cache_write_that_fails_halfway_leaves_no_partial_file(tmp_path, monkeypatch):
+    import numpy as np
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    detector = _fresh_detector(monkeypatch, tmp_path)
+    assert detector.classify("Bitte löschen Sie meine Daten")[0] == "de"
+    assert list(tmp_path.iterdir()) == []
